@@ -1,0 +1,95 @@
+"""How much the step cache saves: for each config, a cold build in a fresh clone with an empty cache, a no-op
+`doit` over the finished graph, and a build in a second fresh clone with the now warm cache (no retraining).
+Also checks that the warm build's artifacts are byte-identical to the cold one's.
+
+  python benchmarks/cache_speedup.py                       # configs/smoke.toml and pipeline.toml
+  python benchmarks/cache_speedup.py --config configs/smoke.toml --dataset-source /path/to/cifar
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pipeline import provenance  # noqa: E402
+from pipeline.dataset import resolve_source  # noqa: E402
+
+NOT_ARTIFACTS = (".doit.db",)
+
+
+def timed_doit(clone: Path, config: str, tasks: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "doit", f"config={config}", *tasks], cwd=clone, env=env,
+                            capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+        sys.exit(f"doit config={config} failed in {clone} (exit {result.returncode}):\n{tail}")
+    return elapsed
+
+
+def artifacts(clone: Path) -> dict[str, str]:
+    digests = provenance.tree_digests(clone / "build")
+    return {path: sha for path, sha in digests.items() if not Path(path).name.startswith(NOT_ARTIFACTS)}
+
+
+def measure(config: str, tasks: list[str], env: dict, workdir: Path) -> dict:
+    cache_dir = workdir / "cache"
+    env = dict(env, PIPELINE_CACHE_DIR=str(cache_dir))
+    cold_clone = provenance.clone_working_tree(REPO, workdir / "cold")
+    warm_clone = provenance.clone_working_tree(REPO, workdir / "warm")
+    print(f"[{config}] cold build (empty cache) ...", file=sys.stderr, flush=True)
+    cold = timed_doit(cold_clone, config, tasks, env)
+    print(f"[{config}] no-op build ...", file=sys.stderr, flush=True)
+    noop = timed_doit(cold_clone, config, tasks, env)
+    print(f"[{config}] warm build (fresh clone, warm cache) ...", file=sys.stderr, flush=True)
+    warm = timed_doit(warm_clone, config, tasks, env)
+    differences = provenance.tree_differences(artifacts(cold_clone), artifacts(warm_clone),
+                                              names=("cold build", "warm build"))
+    for line in differences:
+        print(f"[{config}] {line}", file=sys.stderr)
+    return dict(config=config, cold=cold, warm=warm, noop=noop, files=len(artifacts(warm_clone)),
+                identical="yes" if not differences else f"NO ({len(differences)} files)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action="append", help="config file (repeatable); "
+                        "default: configs/smoke.toml and pipeline.toml")
+    parser.add_argument("--task", action="append", default=[], help="doit task(s) to run (default: doit's defaults)")
+    parser.add_argument("--dataset-source", help="DATASET_SOURCE for the clones (default: $DATASET_SOURCE, else "
+                        "what dataset.source='auto' finds from this checkout, since git-ignored data is not cloned)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp clones and cache")
+    args = parser.parse_args()
+
+    source = args.dataset_source or os.environ.get("DATASET_SOURCE") or resolve_source("auto", REPO)
+    env = {k: v for k, v in os.environ.items() if k not in ("PIPELINE_CACHE_DIR", "SOURCE_DATE_EPOCH")}
+    env["DATASET_SOURCE"] = source
+    print(f"dataset source: {source}", file=sys.stderr)
+
+    rows = []
+    for config in args.config or ["configs/smoke.toml", "pipeline.toml"]:
+        workdir = Path(tempfile.mkdtemp(prefix="cache-speedup-"))
+        try:
+            rows.append(measure(config, args.task, env, workdir))
+        finally:
+            if args.keep:
+                print(f"kept {workdir}", file=sys.stderr)
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"{'config':<22} {'cold s':>9} {'warm s':>9} {'warm/cold':>10} {'no-op s':>9} {'files':>6}  identical")
+    for row in rows:
+        print(f"{row['config']:<22} {row['cold']:9.1f} {row['warm']:9.1f} {row['warm'] / row['cold']:10.3f} "
+              f"{row['noop']:9.2f} {row['files']:6d}  {row['identical']}")
+    return 0 if all(row["identical"] == "yes" for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,385 @@
+"""Built-in backend, compile stage: quantized model -> a bundle with Glow's static API (cifar.h, cifar.c,
+cifar.weights.bin/.txt, cifar.o per board), plus a host build of the same C to measure it.
+
+Glow's memory model: `constantWeight` holds weights (cifar.weights.bin), `mutableWeight` the float input and
+output placeholders at <NAME>_<placeholder> offsets, `activations` the scratch, planned by liveness."""
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import int8_graph
+from pipeline.atomic import atomic_dir, write_bytes
+from pipeline.profile import read_profile
+from pipeline.tools import Skipped, find_tool, run_tool
+
+MEM_ALIGN = 64
+KERNELS_DIR = Path(__file__).parent / "kernels"
+KERNEL_SOURCES = ("add_s8.c", "conv2d_s8.c", "dequantize_s8_f32.c", "fully_connected_s8.c", "max_pool_s8.c",
+                  "quantize_f32_s8.c", "relu_s8.c", "softmax_f32.c")
+BASE_CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-ffunction-sections", "-fdata-sections"]
+ARM_INSTALL_HINT = "Install the Arm GNU toolchain (Debian: apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)."
+XTENSA_HINT = ("no Xtensa toolchain (set XCC to xt-clang, or put xt-clang on PATH, with XTENSA_SYSTEM and "
+               "XTENSA_CORE as in NXP's RT685 HiFi4 readme)")
+
+
+def _align(n: int) -> int:
+    return (n + MEM_ALIGN - 1) // MEM_ALIGN * MEM_ALIGN
+
+
+def c_identifier(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_]", "_", name)
+
+
+def _hex_float(value: float) -> str:
+    return float(value).hex() + "f"
+
+
+@dataclass
+class Plan:
+    constant: bytes
+    constant_offsets: dict  # (op index, "weight"|"bias") -> offset
+    activation_offsets: dict  # tensor or ("scratch", op index) -> offset
+    activations_size: int
+    activations_efficiency: float
+    input_offset: int
+    output_offset: int
+    mutable_size: int
+
+
+def _tensor_bytes(qm, tensor) -> int:
+    return int(np.prod(qm.graph.shapes[tensor]))
+
+
+def _scratch_bytes(op, qm) -> int:
+    if op.kind == "conv":
+        return 2 * 2 * op.weight.shape[1]  # two int16 im2col columns
+    if op.kind == "fc":
+        return 2 * op.weight.shape[1]
+    return 0
+
+
+def plan_memory(qm: int8_graph.QuantModel) -> Plan:
+    """Lay out constants, placeholders and activations (first-fit by liveness, 64-byte aligned)."""
+    constant, const_offsets = bytearray(), {}
+    for i, op in enumerate(qm.ops):
+        if op.kind in ("conv", "fc"):
+            for part, data in (("weight", int8_graph.sxtb16_order(op.weight).tobytes()),
+                               ("bias", op.bias.astype("<i4").tobytes())):
+                const_offsets[(i, part)] = len(constant)
+                constant += data + bytes(_align(len(data)) - len(data))
+    graph = qm.graph
+    in_bytes = 4 * int(np.prod(graph.input_shape))
+    out_bytes = 4 * int(np.prod(graph.shapes[graph.output_name]))
+    # Which buffer each tensor lives in: Flatten aliases its input; placeholders live in mutable memory.
+    base = {}
+    for op in qm.ops:
+        base[op.output] = base.get(op.inputs[0], op.inputs[0]) if op.kind == "flatten" else op.output
+    last_use = {}
+    for i, op in enumerate(qm.ops):
+        for t in op.inputs:
+            last_use[base.get(t, t)] = i
+    allocated, offsets, peak_live, size = [], {}, 0, 0  # allocated: [(offset, end, key, last use)]
+    for i, op in enumerate(qm.ops):
+        allocated = [a for a in allocated if a[3] >= i]
+        wanted = []
+        if op.kind not in ("flatten",) and op.output != graph.output_name:
+            nbytes = _tensor_bytes(qm, op.output) * (4 if op.kind == "dequantize" else 1)
+            wanted.append((op.output, nbytes, last_use.get(op.output, i)))
+        if _scratch_bytes(op, qm):
+            wanted.append((("scratch", i), _scratch_bytes(op, qm), i))
+        for key, nbytes, until in wanted:
+            offset = 0
+            for start, end, _, _ in sorted(allocated):
+                if offset + nbytes <= start:
+                    break
+                offset = max(offset, _align(end))
+            allocated.append((offset, offset + nbytes, key, until))
+            offsets[key] = offset
+            size = max(size, _align(offset + nbytes))
+        peak_live = max(peak_live, sum(_align(end - start) for start, end, _, _ in allocated))
+    for tensor, b in base.items():
+        if b in offsets:
+            offsets[tensor] = offsets[b]
+    return Plan(bytes(constant), const_offsets, offsets, size, peak_live / size if size else 1.0,
+                0, _align(in_bytes), _align(_align(in_bytes) + out_bytes))
+
+
+def _type_text(shape) -> str:
+    return "float<" + " x ".join(str(d) for d in shape) + ">"
+
+
+def render_header(name: str, qm: int8_graph.QuantModel, plan: Plan) -> str:
+    """Glow's static bundle API header (LLVMBackend BundleSaver layout)."""
+    upper = name.upper()
+    graph = qm.graph
+    out_shape = (1, *graph.shapes[graph.output_name])
+    placeholders = [(graph.input_name, graph.input_shape, plan.input_offset),
+                    (graph.output_name, out_shape, plan.output_offset)]
+    total = len(plan.constant) + plan.mutable_size + plan.activations_size
+    lines = [
+        "// Bundle API auto-generated header file. Do not edit!",
+        "// Glow Tools version: none (built-in int8 backend, symmetric_with_power2_scale)",
+        "",
+        f"#ifndef _GLOW_BUNDLE_{upper}_H",
+        f"#define _GLOW_BUNDLE_{upper}_H",
+        "",
+        "#include <stdint.h>",
+        "",
+        "// ---------------------------------------------------------------",
+        "//                       Common definitions",
+        "// ---------------------------------------------------------------",
+        "#ifndef _GLOW_BUNDLE_COMMON_DEFS",
+        "#define _GLOW_BUNDLE_COMMON_DEFS",
+        "",
+        "// Glow bundle error code for correct execution.",
+        "#define GLOW_SUCCESS 0",
+        "",
+        "// Memory alignment definition with given alignment size",
+        "// for static allocation of memory.",
+        "#define GLOW_MEM_ALIGN(size)  __attribute__((aligned(size)))",
+        "",
+        "// Macro function to get the absolute address of a",
+        "// placeholder using the base address of the mutable",
+        "// weight buffer and placeholder offset definition.",
+        "#define GLOW_GET_ADDR(mutableBaseAddr, placeholderOff)  (((uint8_t*)(mutableBaseAddr)) + placeholderOff)",
+        "",
+        "#endif",
+        "",
+        "// ---------------------------------------------------------------",
+        "//                          Bundle API",
+        "// ---------------------------------------------------------------",
+        f'// Model name: "{name}"',
+        f"// Total data size: {total} (bytes)",
+        f"// Activations allocation efficiency: {plan.activations_efficiency:.4f}",
+        "// Placeholders:",
+    ]
+    for pname, shape, offset in placeholders:
+        elements = int(np.prod(shape))
+        lines += ["//", f'//   Name: "{pname}"', f"//   Type: {_type_text(shape)}", f"//   Size: {elements} (elements)",
+                  f"//   Size: {4 * elements} (bytes)", f"//   Offset: {offset} (bytes)"]
+    lines += [
+        "//",
+        '// NOTE: Placeholders are allocated within the "mutableWeight"',
+        "// buffer and are identified using an offset relative to base.",
+        "// ---------------------------------------------------------------",
+        "#ifdef __cplusplus",
+        'extern "C" {',
+        "#endif",
+        "",
+        "// Placeholder address offsets within mutable buffer (bytes).",
+    ]
+    macros = [(f"{upper}_{c_identifier(p)}", str(off)) for p, _, off in placeholders]
+    width = max(len(m) for m, _ in macros)
+    lines += [f"#define {m.ljust(width)}  {v}" for m, v in macros]
+    sizes = [(f"{upper}_CONSTANT_MEM_SIZE", len(plan.constant)), (f"{upper}_MUTABLE_MEM_SIZE", plan.mutable_size),
+             (f"{upper}_ACTIVATIONS_MEM_SIZE", plan.activations_size)]
+    width = max(len(m) for m, _ in sizes)
+    lines += ["", "// Memory sizes (bytes)."] + [f"#define {m.ljust(width)}  {v}" for m, v in sizes]
+    lines += ["", "// Memory alignment (bytes).", f"#define {upper}_MEM_ALIGN  {MEM_ALIGN}", "",
+              "// Bundle entry point (inference function). Returns 0",
+              "// for correct execution or some error code otherwise.",
+              f"int {name}(uint8_t *constantWeight, uint8_t *mutableWeight, uint8_t *activations);", "",
+              "#ifdef __cplusplus", "}", "#endif", "#endif", ""]
+    return "\n".join(lines)
+
+
+def render_source(name: str, qm: int8_graph.QuantModel, plan: Plan) -> str:
+    """The bundle's C: one kernel call per quantized op, buffers at their planned offsets."""
+    graph, shapes = qm.graph, qm.graph.shapes
+    upper = name.upper()
+    act = plan.activation_offsets
+
+    def buf(tensor, ctype="int8_t"):
+        if tensor == graph.output_name:
+            return f"({ctype} *)(mutableWeight + {upper}_{c_identifier(graph.output_name)})"
+        return f"({ctype} *)(activations + {act[tensor]})"
+
+    def const(i, part, ctype):
+        return f"(const {ctype} *)(constantWeight + {plan.constant_offsets[(i, part)]})"
+
+    params, calls = [], []
+    for i, op in enumerate(qm.ops):
+        comment = f"    /* {op.kind} {op.node} -> {op.output} (scale 2^{op.out_exp}) */"
+        if op.kind == "quantize":
+            _, c, h, w = graph.input_shape
+            src = f"(const float *)(mutableWeight + {upper}_{c_identifier(graph.input_name)})"
+            call = f"quantize_f32_s8({src}, {buf(op.output)}, {c}, {h}, {w}, {_hex_float(2.0 ** -op.out_exp)});"
+        elif op.kind == "conv":
+            (ih, iw, ic), (oh, ow, oc) = shapes[op.inputs[0]], shapes[op.output]
+            params.append(f"static const conv2d_s8_params op{i}_params = {{{ih}, {iw}, {ic}, {oh}, {ow}, {oc}, "
+                          f"{op.kernel[0]}, {op.kernel[1]}, {op.stride[0]}, {op.stride[1]}, {op.pads[0]}, "
+                          f"{op.pads[1]}, {op.shift}, {op.act_min}}};")
+            call = (f"conv2d_s8(&op{i}_params, {buf(op.inputs[0])}, {const(i, 'weight', 'int8_t')}, "
+                    f"{const(i, 'bias', 'int32_t')}, {buf(op.output)}, {buf(('scratch', i), 'int16_t')});")
+        elif op.kind == "fc":
+            call = (f"fully_connected_s8({buf(op.inputs[0])}, {const(i, 'weight', 'int8_t')}, "
+                    f"{const(i, 'bias', 'int32_t')}, {buf(op.output)}, {op.weight.shape[1]}, {op.weight.shape[0]}, "
+                    f"{op.shift}, {op.act_min}, {buf(('scratch', i), 'int16_t')});")
+        elif op.kind == "maxpool":
+            (ih, iw, ic), (oh, ow, _) = shapes[op.inputs[0]], shapes[op.output]
+            params.append(f"static const max_pool_s8_params op{i}_params = {{{ih}, {iw}, {ic}, {oh}, {ow}, "
+                          f"{op.kernel[0]}, {op.kernel[1]}, {op.stride[0]}, {op.stride[1]}, {op.pads[0]}, "
+                          f"{op.pads[1]}}};")
+            call = f"max_pool_s8(&op{i}_params, {buf(op.inputs[0])}, {buf(op.output)});"
+        elif op.kind == "flatten":
+            continue
+        elif op.kind == "relu":
+            call = f"relu_s8({buf(op.inputs[0])}, {buf(op.output)}, {_tensor_bytes(qm, op.output)});"
+        elif op.kind == "add":
+            call = (f"add_s8({buf(op.inputs[0])}, {buf(op.inputs[1])}, {buf(op.output)}, "
+                    f"{_tensor_bytes(qm, op.output)}, {op.input_shifts[0]}, {op.input_shifts[1]}, {op.act_min});")
+        elif op.kind == "dequantize":
+            call = (f"dequantize_s8_f32({buf(op.inputs[0])}, {buf(op.output, 'float')}, "
+                    f"{_tensor_bytes(qm, op.inputs[0])}, {_hex_float(2.0 ** op.out_exp)});")
+        else:
+            call = (f"softmax_f32({buf(op.inputs[0], 'float')}, {buf(op.output, 'float')}, "
+                    f"{_tensor_bytes(qm, op.output)});")
+        calls += [comment, "    " + call]
+    return "\n".join([
+        f"/* Bundle \"{name}\" generated by the built-in int8 backend (Glow symmetric_with_power2_scale). */",
+        f'#include "{name}.h"', '#include "nn_kernels.h"', "", *params, "",
+        f"int {name}(uint8_t *constantWeight, uint8_t *mutableWeight, uint8_t *activations)", "{",
+        *calls, "    return GLOW_SUCCESS;", "}", ""])
+
+
+def weights_text(data: bytes) -> str:
+    """cifar.weights.txt: ' 0X%02X,' per byte, 20 bytes per line (Glow's text weights)."""
+    return "".join("".join(f" 0X{b:02X}," for b in data[i:i + 20]) + "\n" for i in range(0, len(data), 20))
+
+
+def generate_sources(onnx_path, profile_path, network_name: str = "cifar") -> dict:
+    """{file name: bytes} of the bundle sources, header and weights."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", network_name):
+        raise ValueError(f"network name {network_name!r} is not a C identifier; use letters, digits and _")
+    graph = int8_graph.load_graph(onnx_path)
+    qm = int8_graph.quantize_graph(graph, read_profile(profile_path, graph).ranges(), source=str(profile_path))
+    plan = plan_memory(qm)
+    return {f"{network_name}.h": render_header(network_name, qm, plan).encode(),
+            f"{network_name}.c": render_source(network_name, qm, plan).encode(),
+            f"{network_name}.weights.bin": plan.constant,
+            f"{network_name}.weights.txt": weights_text(plan.constant).encode()}
+
+
+def _compiler(board: dict) -> tuple:
+    """(C compiler, partial linker) for the board's toolchain; Skipped when it is not installed."""
+    if board["toolchain"] == "arm-none-eabi":
+        cc = find_tool("arm-none-eabi-gcc", "ARM_TOOLCHAIN_BIN")
+        if cc is None:
+            raise Skipped(f"arm-none-eabi-gcc not found (set ARM_TOOLCHAIN_BIN). {ARM_INSTALL_HINT}")
+        return cc, str(Path(cc).with_name("arm-none-eabi-ld"))
+    if board["toolchain"] == "xtensa":
+        cc = os.environ.get("XCC") or shutil.which("xt-clang")
+        if not cc:
+            raise Skipped(XTENSA_HINT)
+        return cc, os.environ.get("XLD") or str(Path(cc).with_name("xt-ld"))
+    raise ValueError(f"board {board.get('name')!r}: unknown toolchain {board['toolchain']!r}; "
+                     f"use arm-none-eabi or xtensa in boards/<name>.toml")
+
+
+def used_kernels(source) -> list:
+    """The kernel files whose functions the bundle source calls (so e.g. libm is needed only with Softmax)."""
+    text = Path(source).read_text()
+    return [k for k in KERNEL_SOURCES if re.search(rf"\b{k[:-2]}\(", text)]
+
+
+def compile_object(sources_dir, board: dict, network_name: str = "cifar", target=None) -> Path:
+    """Compile the bundle C and the kernels with the board's cflags into one relocatable `<name>.o` (ld -r), so
+    firmware links only that object. Deterministic: relative file names, no debug info, fixed order."""
+    sources_dir = Path(sources_dir)
+    target = Path(target) if target else sources_dir / f"{network_name}.o"
+    cc, ld = _compiler(board)
+    hint = ARM_INSTALL_HINT if board["toolchain"] == "arm-none-eabi" else XTENSA_HINT
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        kernels = used_kernels(sources_dir / f"{network_name}.c")
+        for f in (*kernels, "nn_kernels.h"):
+            shutil.copy(KERNELS_DIR / f, tmp / f)
+        for suffix in (".c", ".h"):
+            shutil.copy(sources_dir / f"{network_name}{suffix}", tmp / f"{network_name}{suffix}")
+        objects = []
+        for src in (f"{network_name}.c", *kernels):
+            obj = src[:-2] + ".part.o"
+            run_tool([cc, *BASE_CFLAGS, *board["cflags"], f"-ffile-prefix-map={tmp}=.", "-I.", "-c", src, "-o", obj],
+                     hint, cwd=tmp)
+            objects.append(obj)
+        run_tool([ld, "-r", "-o", "bundle.o", *objects], hint, cwd=tmp)
+        write_bytes(target, (tmp / "bundle.o").read_bytes())
+    return target
+
+
+def make_bundle(onnx_path, profile_path, board: dict, out_dir, network_name: str = "cifar") -> dict:
+    """Write <out_dir>/{name.h, name.c, name.weights.bin, name.weights.txt, name.o} (out_dir replaced whole).
+    When the board's toolchain is missing the object is left out and the result says "skipped: ..."."""
+    files = generate_sources(onnx_path, profile_path, network_name)
+    with atomic_dir(out_dir) as tmp:
+        for fname, data in files.items():
+            (tmp / fname).write_bytes(data)
+        try:
+            compile_object(tmp, board, network_name)
+            status = "compiled"
+        except Skipped as skip:
+            status = str(skip)
+    return {"bundle_dir": str(out_dir), "object": status, "constant_bytes": len(files[f"{network_name}.weights.bin"])}
+
+
+# ---------------------------------------------------------------- host build and evaluation
+def build_host_runner(bundle_dir, work_dir, network_name: str = "cifar", dsp_shim: bool = False) -> Path:
+    """Compile the bundle C + kernels + host_runner.c for this machine (gcc). dsp_shim selects the DSP path
+    with plain-C intrinsics (acle_shim.h) instead of the portable path."""
+    bundle_dir, work_dir = Path(bundle_dir), Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    upper = network_name.upper()
+    header = (Path(bundle_dir) / f"{network_name}.h").read_text()
+    names = re.findall(rf"#define {upper}_(\w+)\s+(\d+)", header)
+    placeholders = [n for n, _ in names if not n.endswith("_MEM_SIZE") and n != "MEM_ALIGN"]
+    sizes = [int(s) for s in re.findall(r"//   Size: (\d+) \(bytes\)", header)]
+    api = "\n".join([f'#include "{network_name}.h"',
+                     f"#define NET_ENTRY {network_name}",
+                     f"#define NET_MEM_ALIGN {upper}_MEM_ALIGN",
+                     f"#define NET_CONSTANT_MEM_SIZE {upper}_CONSTANT_MEM_SIZE",
+                     f"#define NET_MUTABLE_MEM_SIZE {upper}_MUTABLE_MEM_SIZE",
+                     f"#define NET_ACTIVATIONS_MEM_SIZE {upper}_ACTIVATIONS_MEM_SIZE",
+                     f"#define NET_INPUT_OFFSET {upper}_{placeholders[0]}",
+                     f"#define NET_OUTPUT_OFFSET {upper}_{placeholders[1]}",
+                     f"#define NET_INPUT_SIZE {sizes[0]}u", f"#define NET_OUTPUT_SIZE {sizes[1]}u", ""])
+    (work_dir / "bundle_api.h").write_text(api)
+    exe = work_dir / ("host_runner_dsp" if dsp_shim else "host_runner")
+    sources = [bundle_dir / f"{network_name}.c", *(KERNELS_DIR / s for s in KERNEL_SOURCES), KERNELS_DIR / "host_runner.c"]
+    cmd = ["gcc", *BASE_CFLAGS, "-O3", "-std=gnu99", *(["-DNN_ACLE_SHIM"] if dsp_shim else []), f"-I{work_dir}",
+           f"-I{bundle_dir}", f"-I{KERNELS_DIR}", *sources, "-lm", "-o", exe]
+    run_tool(cmd, "Install a host C compiler (Debian: apt-get install gcc).")
+    return exe
+
+
+def run_host_bundle(runner, weights_bin, inputs: np.ndarray, work_dir) -> np.ndarray:
+    """Run the host-built bundle on float inputs (input placeholder layout, e.g. NCHW); returns (N, outputs)."""
+    work_dir = Path(work_dir)
+    inputs = np.ascontiguousarray(inputs, dtype="<f4")
+    images, outputs = work_dir / "inputs.f32", work_dir / "outputs.f32"
+    images.write_bytes(inputs.tobytes())
+    run_tool([runner, weights_bin, images, len(inputs), outputs], "The host bundle runner failed; see its message.")
+    return np.fromfile(outputs, dtype="<f4").reshape(len(inputs), -1)
+
+
+def evaluate_bundle(onnx_path, bundle_dir, images: np.ndarray, labels: np.ndarray, work_dir,
+                    network_name: str = "cifar") -> dict:
+    """Float (ONNX Runtime) vs deployed int8 (host-compiled bundle) top-1 accuracy on uint8 NHWC images."""
+    import onnxruntime
+
+    from pipeline.model import to_input
+
+    inputs, labels = to_input(images), np.asarray(labels)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    float_out = np.concatenate([session.run(None, {input_name: inputs[i:i + 1]})[0] for i in range(len(inputs))])
+    runner = build_host_runner(bundle_dir, work_dir, network_name)
+    int8_out = run_host_bundle(runner, Path(bundle_dir) / f"{network_name}.weights.bin", inputs, work_dir)
+    float_acc, int8_acc = int8_graph.accuracy(float_out, labels), int8_graph.accuracy(int8_out, labels)
+    return {"images": int(len(labels)), "float_accuracy": float_acc, "int8_accuracy": int8_acc,
+            "int8_minus_float_points": round(100 * (int8_acc - float_acc), 3)}

@@ -1,0 +1,191 @@
+"""pipeline.toml: every knob of the pipeline, validated against one schema.
+
+Unknown keys, wrong types and out-of-range values are errors that name the file, the key and the valid
+choices. Training presets fill in the recipe; keys written in [training] override the preset.
+"""
+import copy
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BOARDS_DIR = ROOT / "boards"
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, with a message that says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Key:
+    default: object
+    kind: type
+    choices: tuple = ()
+    minimum: float | None = None      # inclusive
+    above: float | None = None        # exclusive lower bound
+    maximum: float | None = None      # inclusive
+    help: str = ""
+
+
+TRAINING_PRESETS = {
+    # The app note's recipe, unchanged.
+    "an13331": dict(optimizer="adam", lr=0.001, batch_size=16, epochs=15, schedule="constant",
+                    weight_decay=0.0, augment=False, label_smoothing=0.0),
+    # Ours: same network and epoch budget; crop+flip augmentation, SGD with a one-cycle schedule.
+    "default": dict(optimizer="sgd", lr=0.05, batch_size=64, epochs=15, schedule="onecycle",
+                    weight_decay=5e-4, augment=True, label_smoothing=0.1),
+}
+RECIPE_KEYS = tuple(TRAINING_PRESETS["default"])
+
+SCHEMA = {
+    "project": {
+        "name": Key("cifar", str, help="network name: bundle symbols, file names (cifar.o, CIFAR_input)"),
+        "version": Key("0.1.0", str),
+        "build_dir": Key("build", str),
+    },
+    "dataset": {
+        "source": Key("auto", str, help="'auto', 'official', or a path to cifar-10-python.tar.gz, an image-folder "
+                                         "tree or a .tar/.tar.gz of {train,test}/<class>/*.png|jpg"),
+        "validation_per_class": Key(500, int, minimum=1, help="held out from train"),
+        "train_per_class": Key(0, int, minimum=0, help="0 = all"),
+        "test_per_class": Key(0, int, minimum=0, help="0 = all"),
+        "images_per_class": Key(100, int, minimum=1, help="build/data/images/<class>/"),
+        "tuning_per_class": Key(30, int, minimum=1, help="build/data/dataset-tuning/"),
+        "seed": Key(0, int, minimum=0),
+    },
+    "model": {
+        "channels": Key([32, 32, 64, 128], list, help="widths of the four conv blocks"),
+    },
+    "training": {
+        "preset": Key("default", str, choices=tuple(TRAINING_PRESETS)),
+        "optimizer": Key(None, str, choices=("adam", "sgd")),
+        "lr": Key(None, float, above=0.0),
+        "batch_size": Key(None, int, minimum=1),
+        "epochs": Key(None, int, minimum=1),
+        "schedule": Key(None, str, choices=("constant", "onecycle")),
+        "weight_decay": Key(None, float, minimum=0.0),
+        "augment": Key(None, bool),
+        "label_smoothing": Key(None, float, minimum=0.0, maximum=0.5),
+        "seed": Key(0, int, minimum=0),
+        "threads": Key(2, int, minimum=1, help="torch threads; results are bit-identical for a fixed count"),
+        "init_from": Key("", str, help="start from this .pth (transfer learning / retraining)"),
+    },
+    "export": {
+        "opset": Key(13, int, minimum=7),
+        "verify_images": Key(100, int, minimum=1),
+        "tolerance": Key(1e-4, float, above=0.0),
+    },
+    "quantization": {
+        "backend": Key("auto", str, choices=("auto", "builtin", "glow")),
+        "calibration_per_class": Key(1, int, minimum=1),
+        "target_accuracy": Key(0.9, float, above=0.0, maximum=1.0),
+        "max_iterations": Key(3, int, minimum=0, help="halvings tried per tensor when tuning"),
+        "accuracy_drop": Key(0.05, float, minimum=0.0, maximum=1.0, help="skip a tensor if accuracy drops more"),
+        "test_image_class": Key("horse", str),
+        "test_image_index": Key(0, int, minimum=0),
+        "eval_images": Key(0, int, minimum=0, help="test images for deployed accuracy; 0 = all"),
+    },
+    "firmware": {
+        "boards": Key(["rt1060", "rt685_m33", "rt685_hifi4"], list),
+        "emulator_images": Key(5, int, minimum=1, help="test images run through the firmware under QEMU"),
+        "emulator_timeout": Key(120.0, float, above=0.0, help="seconds before an emulator run counts as hung"),
+    },
+}
+
+
+def available_boards() -> list[str]:
+    return sorted(p.stem for p in BOARDS_DIR.glob("*.toml"))
+
+
+def _check_value(where: str, key: Key, value):
+    if key.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, key.kind) or (key.kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where} = {value!r}: expected {key.kind.__name__}"
+                          + (f" (e.g. {key.default!r})" if key.default is not None else ""))
+    if key.choices and value not in key.choices:
+        raise ConfigError(f"{where} = {value!r}: valid choices are {', '.join(map(repr, key.choices))}")
+    if key.minimum is not None and value < key.minimum:
+        raise ConfigError(f"{where} = {value!r}: must be >= {key.minimum}")
+    if key.above is not None and value <= key.above:
+        raise ConfigError(f"{where} = {value!r}: must be > {key.above}")
+    if key.maximum is not None and value > key.maximum:
+        raise ConfigError(f"{where} = {value!r}: must be <= {key.maximum}")
+    return value
+
+
+def resolve(raw: dict, origin: str = "<config>") -> dict:
+    """Validate a raw TOML dict and return the full config with defaults and the preset applied."""
+    unknown_sections = set(raw) - set(SCHEMA)
+    if unknown_sections:
+        raise ConfigError(f"{origin}: unknown section [{sorted(unknown_sections)[0]}]; "
+                          f"valid sections: {', '.join(SCHEMA)}")
+    cfg = {}
+    for section, keys in SCHEMA.items():
+        given = raw.get(section, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"{origin}: [{section}] must be a table")
+        unknown = set(given) - set(keys)
+        if unknown:
+            raise ConfigError(f"{origin}: unknown key {section}.{sorted(unknown)[0]}; "
+                              f"valid keys in [{section}]: {', '.join(keys)}")
+        cfg[section] = {}
+        for name, key in keys.items():
+            where = f"{origin}: {section}.{name}"
+            value = given[name] if name in given else copy.deepcopy(key.default)
+            cfg[section][name] = value if value is None else _check_value(where, key, value)
+    _apply_preset(cfg["training"], origin)
+    _check_lists(cfg, origin)
+    return cfg
+
+
+def _apply_preset(training: dict, origin: str) -> None:
+    preset = TRAINING_PRESETS[training["preset"]]
+    for name in RECIPE_KEYS:
+        if training[name] is None:
+            training[name] = _check_value(f"{origin}: training.{name} (preset {training['preset']})",
+                                          SCHEMA["training"][name], preset[name])
+
+
+def _check_lists(cfg: dict, origin: str) -> None:
+    channels = cfg["model"]["channels"]
+    if len(channels) != 4 or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels):
+        raise ConfigError(f"{origin}: model.channels = {channels!r}: expected four positive integers, "
+                          f"e.g. [32, 32, 64, 128]")
+    valid = available_boards()
+    for board in cfg["firmware"]["boards"]:
+        if board not in valid:
+            raise ConfigError(f"{origin}: firmware.boards has unknown board {board!r}; valid boards: "
+                              f"{', '.join(valid)} (add boards/<name>.toml for a new one)")
+
+
+def load(path, environ=None) -> dict:
+    """Read, validate and resolve a config file; DATASET_SOURCE in the environment overrides dataset.source."""
+    path = Path(path)
+    environ = os.environ if environ is None else environ
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing file, e.g. doit config=pipeline.toml")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    if environ.get("DATASET_SOURCE"):
+        raw.setdefault("dataset", {})["source"] = environ["DATASET_SOURCE"]
+    return resolve(raw, origin=str(path))
+
+
+def load_board(name: str) -> dict:
+    path = BOARDS_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown board {name!r}; valid boards: {', '.join(available_boards())}")
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def subset(cfg: dict, *dotted: str) -> dict:
+    """The config keys a task uses, e.g. subset(cfg, 'training', 'model.channels'), for doit's config_changed."""
+    out = {}
+    for name in dotted:
+        section, _, key = name.partition(".")
+        out[name] = cfg[section] if not key else cfg[section][key]
+    return out

@@ -1,0 +1,53 @@
+"""Host-side evaluation helpers: the trained float model (state_dict) on uint8 NHWC images, softmax, and
+class-balanced subsets for stages that look at only part of a split."""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.model import CifarNet, to_input
+
+
+def load_model(pth_path, channels=(32, 32, 64, 128)) -> CifarNet:
+    """CifarNet in eval mode with the weights of `pth_path` (a state_dict, as training saves it)."""
+    pth_path = Path(pth_path)
+    if not pth_path.is_file():
+        raise FileNotFoundError(f"model weights {pth_path} do not exist; run the training task first (doit train)")
+    model = CifarNet(channels=tuple(channels))
+    try:
+        model.load_state_dict(torch.load(pth_path, map_location="cpu", weights_only=True))
+    except RuntimeError as err:
+        raise ValueError(f"{pth_path}: weights do not fit CifarNet(channels={tuple(channels)}); set model.channels "
+                         f"to the widths it was trained with ({str(err).splitlines()[0]})") from None
+    return model.eval()
+
+
+def torch_logits(model: torch.nn.Module, images, batch_size: int = 256) -> np.ndarray:
+    """Float32 logits (N, classes) of uint8 NHWC images."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            out.append(model(torch.from_numpy(to_input(images[start:start + batch_size]))).numpy())
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def softmax(logits) -> np.ndarray:
+    """Row softmax in float32, as the firmware computes it before hardening."""
+    z = np.asarray(logits, dtype=np.float32)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def balanced_subset(labels, count: int) -> np.ndarray:
+    """Indices of `count` items taken round-robin over the classes, in order within each class (0 = all).
+
+    Splits are stored class by class, so the first N items would all be airplanes."""
+    labels = np.asarray(labels)
+    if not count or count >= len(labels):
+        return np.arange(len(labels))
+    rank = np.empty(len(labels), dtype=np.int64)
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        rank[members] = np.arange(len(members))
+    order = np.lexsort((labels, rank))
+    return np.sort(order[:count])

@@ -1,0 +1,98 @@
+"""Glow backend: the app note's commands (image-classifier -dump-profile, model-tuner, model-compiler) when the
+Glow tools are installed (on PATH or in $GLOW_BIN). Command lines are built by plain functions so they can be
+checked without Glow; the runners raise Skipped when a tool is missing and never leave a fake artifact."""
+import os
+import shutil
+from pathlib import Path
+
+from pipeline.atomic import atomic_dir, atomic_path
+from pipeline.tools import Skipped, find_tool, run_tool
+
+TOOLS = ("model-compiler", "model-tuner", "image-classifier")
+INSTALL_HINT = ("Install Glow (NXP eIQ Glow, or build pytorch/glow) and put its bin folder on PATH or set "
+                "GLOW_BIN to it.")
+# The note's preprocessing, shared by profiling and tuning: [-1, 1] floats, NCHW, RGB, input named "input".
+IMAGE_OPTIONS = ("-image-mode=neg1to1", "-image-layout=NCHW", "-image-channel-order=RGB")
+QUANT_OPTIONS = ("-quantization-schema=symmetric_with_power2_scale", "-quantization-precision=Int8")
+
+
+def find_glow() -> dict | None:
+    """{tool: path} when all three Glow tools are found (GLOW_BIN first, then PATH), else None."""
+    paths = {tool: find_tool(tool, "GLOW_BIN") for tool in TOOLS}
+    return paths if all(paths.values()) else None
+
+
+def choose_backend(requested: str = "auto") -> str:
+    """"glow" or "builtin". `requested` is "auto" (Glow when found), "glow" (must be found) or "builtin"."""
+    if requested not in ("auto", "glow", "builtin"):
+        raise ValueError(f"quantization backend {requested!r} is not one of auto, glow, builtin; fix the config")
+    if requested == "glow" and find_glow() is None:
+        raise Skipped(f"the Glow backend was requested but {', '.join(TOOLS)} were not all found. {INSTALL_HINT}")
+    if requested == "auto":
+        return "glow" if find_glow() else "builtin"
+    return requested
+
+
+def profile_command(tools: dict, onnx_path, image_paths, profile_out, input_name: str = "input") -> list:
+    """image-classifier over one image per class, dumping the float profile (the note's step 1)."""
+    return [tools["image-classifier"], *map(str, image_paths), *IMAGE_OPTIONS, f"-model={onnx_path}",
+            f"-model-input-name={input_name}", f"-dump-profile={profile_out}"]
+
+
+def tune_command(tools: dict, onnx_path, profile_in, dataset_dir, labels_csv, profile_out,
+                 target_accuracy: float = 0.9, input_name: str = "input") -> list:
+    """model-tuner on the tuning set (the note's GlowCifar10 folder with Labels.csv)."""
+    return [tools["model-tuner"], f"-model={onnx_path}", f"-model-input-name={input_name}", *IMAGE_OPTIONS,
+            f"-dataset-path={dataset_dir}", f"-dataset-file={labels_csv}", f"-load-profile={profile_in}",
+            f"-dump-tuned-profile={profile_out}", *QUANT_OPTIONS, f"-target-accuracy={target_accuracy:g}"]
+
+
+def board_glow_flags(board: dict) -> list:
+    """The board's glow_flags with $VARS expanded; Skipped when they need a tool or variable that is missing
+    (the HiFi4's xt-clang and XTENSA_SYSTEM)."""
+    flags = []
+    for flag in board["glow_flags"]:
+        if flag.startswith("-llvm-compiler="):
+            compiler = flag.split("=", 1)[1]
+            if not (shutil.which(compiler) or Path(compiler).is_file()):
+                raise Skipped(f"{compiler} not found for {board['name']} (install the Xtensa toolchain per NXP's "
+                              f"RT685 HiFi4 readme and put xt-clang on PATH)")
+        missing = [v for v in ("XTENSA_SYSTEM", "XTENSA_CORE") if f"${v}" in flag and not os.environ.get(v)]
+        if missing:
+            raise Skipped(f"{' and '.join(missing)} not set for {board['name']} (set it as in NXP's RT685 HiFi4 readme)")
+        flags.append(os.path.expandvars(flag))
+    return flags
+
+
+def bundle_command(tools: dict, onnx_path, profile_path, board: dict, bundle_dir, network_name: str = "cifar") -> list:
+    """model-compiler emitting the quantized bundle with the board's flags (the note's last step)."""
+    return [tools["model-compiler"], f"-model={onnx_path}", f"-emit-bundle={bundle_dir}", "-backend=CPU",
+            f"-network-name={network_name}", f"-load-profile={profile_path}", *QUANT_OPTIONS,
+            *board_glow_flags(board)]
+
+
+def _tools() -> dict:
+    tools = find_glow()
+    if tools is None:
+        raise Skipped(f"Glow tools {', '.join(TOOLS)} not found. {INSTALL_HINT}")
+    return tools
+
+
+def make_profile(onnx_path, image_paths, out_path, input_name: str = "input") -> None:
+    with atomic_path(out_path) as tmp:
+        run_tool(profile_command(_tools(), onnx_path, image_paths, tmp, input_name), INSTALL_HINT)
+
+
+def tune_profile(onnx_path, profile_path, dataset_dir, labels_csv, out_path, target_accuracy: float = 0.9,
+                 input_name: str = "input") -> None:
+    with atomic_path(out_path) as tmp:
+        run_tool(tune_command(_tools(), onnx_path, profile_path, dataset_dir, labels_csv, tmp, target_accuracy,
+                              input_name), INSTALL_HINT)
+
+
+def make_bundle(onnx_path, profile_path, board: dict, out_dir, network_name: str = "cifar") -> dict:
+    """Same arguments and result as pipeline.bundle.make_bundle; Glow writes <name>.o/.h/.weights.bin/.txt."""
+    tools = _tools()
+    with atomic_dir(out_dir) as tmp:  # a Skipped or failure removes the temp folder: no partial bundle
+        run_tool(bundle_command(tools, onnx_path, profile_path, board, tmp, network_name), INSTALL_HINT)
+    return {"bundle_dir": str(out_dir), "object": "compiled by Glow"}

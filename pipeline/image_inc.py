@@ -1,0 +1,35 @@
+"""input_image_test.inc: one test image as the firmware's input placeholder bytes, like the note's
+glow_process_image.py (neg1to1, NCHW, RGB, float32 little-endian, "0X%02X, " with 20 bytes per line)."""
+import numpy as np
+
+from pipeline.atomic import write_text
+from pipeline.model import to_input
+
+BYTES_PER_LINE = 20
+
+
+def render_image_inc(image: np.ndarray, image_name: str, label: int, class_name: str) -> str:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"test image {image_name!r} has dtype {image.dtype} and shape {image.shape}; expected "
+                         f"uint8 HxWx3 RGB (pick it from the dataset's uint8 NHWC images)")
+    data = to_input(image[None]).astype("<f4").tobytes()
+    header = [f"// Image: {image_name}", f"// Label: {label} ({class_name})",
+              "// Settings: -image-mode=neg1to1 -image-layout=NCHW -image-channel-order=RGB",
+              f"// Data: float32 little-endian, shape 1x3x{image.shape[0]}x{image.shape[1]}, {len(data)} bytes"]
+    lines = ["".join(f"0X{b:02X}, " for b in data[i:i + BYTES_PER_LINE]) for i in range(0, len(data), BYTES_PER_LINE)]
+    return "\n".join(header + lines) + "\n"
+
+
+def write_image_inc(image: np.ndarray, out_path, image_name: str, label: int, class_name: str) -> None:
+    """Write the .inc for a uint8 HWC RGB image; `image_name` (e.g. "test/horse/0000.jpg") and the label are
+    recorded in the header comments."""
+    write_text(out_path, render_image_inc(image, image_name, label, class_name))
+
+
+def first_image_of_class(labels: np.ndarray, label: int) -> int:
+    """Index of the first image with `label` (the default test image is the first horse, label 7)."""
+    hits = np.flatnonzero(np.asarray(labels) == label)
+    if len(hits) == 0:
+        raise ValueError(f"no image with label {label} in the split; choose another test label in the config")
+    return int(hits[0])

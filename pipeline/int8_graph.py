@@ -1,0 +1,455 @@
+"""The built-in backend's model: ONNX -> op list, a float NumPy reference, Glow's
+symmetric_with_power2_scale parameters, and the int8 NumPy reference the generated C must match bit for bit.
+
+Activations are kept NHWC (CMSIS-NN style); the float input and output placeholders keep the ONNX layout.
+Quantization follows Glow: int8, offset 0, scale 2**exp with exp = ceil(log2(symmetric scale)), int32 bias at
+scale_in * scale_w, every rescale a rounding shift, Relu fused into the producing Conv/Gemm/Add with the Relu's
+own range, MaxPool/Flatten keeping their input's parameters.
+"""
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SUPPORTED_OPS = ("Conv", "Relu", "MaxPool", "Gemm", "MatMul", "Add", "Flatten", "Reshape", "Softmax")
+INT8_MIN, INT8_MAX = -128, 127
+# Glow limits int32 bias to int30 so that bias - offset cannot overflow (Base.cpp getQuantizedRange).
+BIAS_MIN, BIAS_MAX = -(2**31) >> 2, (2**31 - 1) >> 2
+BATCH = 64  # images per NumPy step: bounds the im2col memory
+
+
+class UnsupportedOpError(ValueError):
+    """The model uses an operator (or attribute) the built-in backend does not compile."""
+
+
+@dataclass
+class FloatOp:
+    kind: str  # conv, fc, relu, maxpool, flatten, add, softmax
+    node: str  # ONNX node name; Glow names its output "<node>:0" in profiles
+    inputs: tuple
+    output: str
+    weight: np.ndarray | None = None  # conv (O, kh, kw, C); fc (N, K) with K in ONNX (NCHW-flatten) order
+    bias: np.ndarray | None = None
+    kernel: tuple = (1, 1)
+    stride: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)  # top, left, bottom, right
+
+
+@dataclass
+class Graph:
+    input_name: str
+    input_shape: tuple  # (1, C, H, W) as in the ONNX model
+    output_name: str
+    ops: list
+    shapes: dict = field(default_factory=dict)  # tensor -> per-image shape as stored: (H, W, C) or (K,)
+
+    def profile_names(self) -> dict:
+        """Tensor name -> Glow NodeOutputName ("<node>:0"; the input placeholder is "<input>:0")."""
+        names = {self.input_name: f"{self.input_name}:0"}
+        names.update({op.output: f"{op.node}:0" for op in self.ops})
+        return names
+
+
+def _attrs(node) -> dict:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _unsupported(onnx_path, node, what: str) -> UnsupportedOpError:
+    return UnsupportedOpError(
+        f"{onnx_path}: {what} in node {node.name or node.output[0]!r} (op {node.op_type}) is not supported by the "
+        f"built-in int8 backend (supported ops: {', '.join(SUPPORTED_OPS)}). Export the model with only these ops "
+        f"(Conv with BatchNorm folded, eval mode) or use the Glow backend (set GLOW_BIN)."
+    )
+
+
+def load_graph(onnx_path) -> Graph:
+    """Parse an ONNX model of the supported ops into a Graph (raises UnsupportedOpError naming op and node)."""
+    import onnx
+    from onnx import numpy_helper
+
+    onnx_path = Path(onnx_path)
+    model = onnx.load(str(onnx_path))
+    consts = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in consts]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise ValueError(f"{onnx_path}: expected one input and one output, found {len(inputs)} and "
+                         f"{len(model.graph.output)}; export the model with a single input and output")
+    dims = tuple(d.dim_value or 1 for d in inputs[0].type.tensor_type.shape.dim)
+    if len(dims) != 4:
+        raise ValueError(f"{onnx_path}: input {inputs[0].name!r} has shape {dims}; expected NCHW (1, C, H, W)")
+    ops, producers = [], {}
+    for node in model.graph.node:
+        a = _attrs(node)
+        name = node.name or node.output[0]
+        if node.op_type == "Constant":
+            consts[node.output[0]] = numpy_helper.to_array(a["value"]).astype(np.float32)
+            continue
+        if node.op_type not in SUPPORTED_OPS:
+            raise _unsupported(onnx_path, node, f"operator {node.op_type}")
+        if node.op_type == "Conv":
+            if a.get("group", 1) != 1 or any(d != 1 for d in a.get("dilations", [1, 1])) or \
+                    a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                raise _unsupported(onnx_path, node, "grouped, dilated or auto-padded Conv")
+            w = consts[node.input[1]]
+            bias = consts[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0], np.float32)
+            p = a.get("pads", [0, 0, 0, 0])
+            op = FloatOp("conv", name, (node.input[0],), node.output[0], w.transpose(0, 2, 3, 1).copy(), bias,
+                         tuple(w.shape[2:]), tuple(a.get("strides", [1, 1])), (p[0], p[1], p[2], p[3]))
+        elif node.op_type == "MaxPool":
+            if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1, 1])) or len(node.output) > 1:
+                raise _unsupported(onnx_path, node, "ceil_mode, dilation or indices output of MaxPool")
+            p = a.get("pads", [0, 0, 0, 0])
+            k = tuple(a["kernel_shape"])
+            op = FloatOp("maxpool", name, (node.input[0],), node.output[0], kernel=k,
+                         stride=tuple(a.get("strides", [1, 1])), pads=(p[0], p[1], p[2], p[3]))
+        elif node.op_type == "Gemm":
+            if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+                raise _unsupported(onnx_path, node, "transA, alpha or beta other than the defaults")
+            b = consts[node.input[1]]
+            w = b if a.get("transB", 0) else b.T
+            bias = consts[node.input[2]].reshape(-1) if len(node.input) > 2 and node.input[2] else \
+                np.zeros(w.shape[0], np.float32)
+            op = FloatOp("fc", name, (node.input[0],), node.output[0], np.ascontiguousarray(w), bias)
+        elif node.op_type == "MatMul":
+            if node.input[1] not in consts:
+                raise _unsupported(onnx_path, node, "MatMul of two activations")
+            w = consts[node.input[1]].T
+            op = FloatOp("fc", name, (node.input[0],), node.output[0], np.ascontiguousarray(w),
+                         np.zeros(w.shape[0], np.float32))
+        elif node.op_type == "Add":
+            const = [i for i in node.input if i in consts]
+            if const:
+                # MatMul + Add(bias) as exported for Linear layers: fold the constant into the matmul's bias.
+                other = [i for i in node.input if i not in consts][0]
+                prev = producers.get(other)
+                if prev is None or prev.kind != "fc" or not np.all(prev.bias == 0):
+                    raise _unsupported(onnx_path, node, "Add of a constant (other than a MatMul bias)")
+                prev.bias = prev.bias + consts[const[0]].reshape(-1)
+                prev.output, prev.node = node.output[0], name
+                producers[node.output[0]] = prev
+                continue
+            op = FloatOp("add", name, tuple(node.input), node.output[0])
+        elif node.op_type == "Relu":
+            op = FloatOp("relu", name, (node.input[0],), node.output[0])
+        elif node.op_type == "Flatten":
+            if a.get("axis", 1) != 1:
+                raise _unsupported(onnx_path, node, "Flatten with axis other than 1")
+            op = FloatOp("flatten", name, (node.input[0],), node.output[0])
+        elif node.op_type == "Reshape":
+            shape = consts.get(node.input[1])
+            if shape is None or len(shape) != 2 or shape[0] not in (0, 1, -1):
+                raise _unsupported(onnx_path, node, "Reshape other than flattening to (batch, features)")
+            op = FloatOp("flatten", name, (node.input[0],), node.output[0])
+        else:  # Softmax
+            if a.get("axis", -1) not in (-1, 1):
+                raise _unsupported(onnx_path, node, "Softmax over an axis other than the last")
+            op = FloatOp("softmax", name, (node.input[0],), node.output[0])
+        ops.append(op)
+        producers[op.output] = op
+    graph = Graph(inputs[0].name, dims, model.graph.output[0].name, ops)
+    graph.shapes = _infer_shapes(graph, onnx_path)
+    return graph
+
+
+def _infer_shapes(graph: Graph, onnx_path) -> dict:
+    _, c, h, w = graph.input_shape
+    shapes = {graph.input_name: (h, w, c)}
+    for op in graph.ops:
+        s = shapes[op.inputs[0]]
+        if op.kind in ("conv", "maxpool"):
+            oh = (s[0] + op.pads[0] + op.pads[2] - op.kernel[0]) // op.stride[0] + 1
+            ow = (s[1] + op.pads[1] + op.pads[3] - op.kernel[1]) // op.stride[1] + 1
+            shapes[op.output] = (oh, ow, op.weight.shape[0] if op.kind == "conv" else s[2])
+            if op.kind == "conv" and op.weight.shape[3] != s[2]:
+                raise ValueError(f"{onnx_path}: node {op.node!r} expects {op.weight.shape[3]} channels, gets {s[2]}")
+        elif op.kind == "flatten":
+            shapes[op.output] = (int(np.prod(s)),)
+        elif op.kind == "fc":
+            if len(s) != 1 or op.weight.shape[1] != s[0]:
+                raise ValueError(f"{onnx_path}: node {op.node!r} expects {op.weight.shape[1]} features, gets {s}")
+            shapes[op.output] = (op.weight.shape[0],)
+        else:
+            if op.kind == "add" and shapes[op.inputs[1]] != s:
+                raise UnsupportedOpError(f"{onnx_path}: Add node {op.node!r} broadcasts {s} with "
+                                         f"{shapes[op.inputs[1]]}; only same-shape Add is supported")
+            shapes[op.output] = s
+    return shapes
+
+
+# ---------------------------------------------------------------- shared array helpers
+def im2col(x: np.ndarray, kernel, stride, pads, pad_value) -> np.ndarray:
+    """NHWC -> (N, OH, OW, kh*kw*C) patches in (kh, kw, C) order, the order of the C kernels and weights."""
+    kh, kw = kernel
+    x = np.pad(x, ((0, 0), (pads[0], pads[2]), (pads[1], pads[3]), (0, 0)), constant_values=pad_value)
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::stride[0], ::stride[1]]
+    n, oh, ow = win.shape[:3]
+    return win.transpose(0, 1, 2, 4, 5, 3).reshape(n, oh, ow, -1)
+
+
+def _max_pool(x, op, pad_value):
+    patches = im2col(x, op.kernel, op.stride, op.pads, pad_value)
+    n, oh, ow, _ = patches.shape
+    return patches.reshape(n, oh, ow, op.kernel[0] * op.kernel[1], x.shape[3]).max(axis=3)
+
+
+def _flatten_logical(x):
+    """NHWC -> ONNX Flatten order (C, H, W)."""
+    return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1) if x.ndim == 4 else x
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _to_onnx_layout(x):
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
+
+
+# ---------------------------------------------------------------- float reference
+def run_float(graph: Graph, x_nchw: np.ndarray, keep_all: bool = False):
+    """Float32 forward pass. Returns the output (ONNX layout), or with keep_all a dict of every tensor
+    (activations NHWC / flat in ONNX order): the calibration source."""
+    outs = []
+    for start in range(0, len(x_nchw), BATCH):
+        t = {graph.input_name: np.ascontiguousarray(x_nchw[start:start + BATCH].transpose(0, 2, 3, 1), np.float32)}
+        for op in graph.ops:
+            x = t[op.inputs[0]]
+            if op.kind == "conv":
+                cols = im2col(x, op.kernel, op.stride, op.pads, 0.0)
+                y = cols @ op.weight.reshape(op.weight.shape[0], -1).T + op.bias
+            elif op.kind == "fc":
+                y = _flatten_logical(x) @ op.weight.T + op.bias
+            elif op.kind == "relu":
+                y = np.maximum(x, 0)
+            elif op.kind == "maxpool":
+                y = _max_pool(x, op, -np.inf)
+            elif op.kind == "flatten":
+                y = _flatten_logical(x)
+            elif op.kind == "add":
+                y = x + t[op.inputs[1]]
+            else:
+                y = _softmax(x)
+            t[op.output] = y.astype(np.float32)
+        outs.append(t if keep_all else _to_onnx_layout(t[graph.output_name]))
+    if keep_all:
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    return np.concatenate(outs)
+
+
+# ---------------------------------------------------------------- Glow quantization parameters
+def power2_exponent(tmin: float, tmax: float, qmin: int = INT8_MIN, qmax: int = INT8_MAX) -> int:
+    """Glow chooseQuantizationParams for SymmetricWithPower2Scale: scale = 2**exponent (offset is 0)."""
+    lo, hi = np.float32(min(tmin, 0.0)), np.float32(max(tmax, 0.0))
+    rmin, rmax = float(lo) / qmin, float(hi) / qmax
+    if rmin > rmax:
+        hi = np.float32(rmin * qmax)
+    else:
+        lo = np.float32(rmax * qmin)
+    scale = (float(hi) - float(lo)) / (qmax - qmin)
+    if scale == 0:
+        scale = 0.1
+    return int(math.ceil(math.log2(scale)))
+
+
+def quantize_array(x: np.ndarray, exp: int, qmin=INT8_MIN, qmax=INT8_MAX, dtype=np.int8) -> np.ndarray:
+    """Glow quantize: round-half-even(x / scale), saturated; exact in float32 because the scale is 2**exp."""
+    scaled = np.asarray(x, np.float32) * np.float32(2.0 ** -exp)
+    return np.clip(np.rint(scaled), qmin, qmax).astype(dtype)
+
+
+def sxtb16_order(rows: np.ndarray) -> np.ndarray:
+    """Reorder each row's int8 values in groups of 4 as (0, 2, 1, 3) so that SXTB16 of a word w and of
+    w rotated by 8 give the pairs (w0, w1) and (w2, w3); a tail shorter than 4 keeps its order.
+    Both the DSP and the portable kernels read this layout, so one weights file serves both."""
+    rows = np.ascontiguousarray(rows)
+    k4 = rows.shape[1] // 4 * 4
+    out = rows.copy()
+    out[:, :k4] = rows[:, :k4].reshape(rows.shape[0], -1, 4)[:, :, [0, 2, 1, 3]].reshape(rows.shape[0], k4)
+    return out
+
+
+@dataclass
+class QuantOp:
+    kind: str  # quantize, conv, fc, maxpool, flatten, relu, add, dequantize, softmax
+    node: str
+    inputs: tuple
+    output: str
+    out_exp: int
+    shift: int = 0  # rounding right shift from accumulator to output (negative: left shift)
+    act_min: int = INT8_MIN  # 0 when a Relu is fused
+    weight: np.ndarray | None = None  # int8 (rows, K): conv rows in (kh, kw, C) order, fc columns in stored order
+    bias: np.ndarray | None = None  # int32, at accumulator scale
+    input_shifts: tuple = ()  # add: per-input shift to the output scale
+    kernel: tuple = (1, 1)
+    stride: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)
+    weight_exp: int = 0
+
+
+@dataclass
+class QuantModel:
+    graph: Graph
+    ops: list
+    exps: dict  # tensor -> exponent
+
+    @property
+    def input_exp(self) -> int:
+        return self.exps[self.graph.input_name]
+
+
+def _stored_order(shape) -> np.ndarray:
+    """For a tensor stored NHWC and flattened, the ONNX (CHW) index of each stored position."""
+    if len(shape) == 1:
+        return np.arange(shape[0])
+    h, w, c = shape
+    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+
+
+def quantize_graph(graph: Graph, ranges: dict, source="profile") -> QuantModel:
+    """Quantize `graph` with `ranges` {NodeOutputName: (min, max)} (from a profile). Raises ValueError naming
+    `source` when a needed tensor has no range."""
+    names = graph.profile_names()
+
+    def range_exp(tensor):
+        key = names[tensor]
+        if key not in ranges:
+            raise ValueError(f"{source}: no entry for NodeOutputName {key!r} needed by the model; regenerate the "
+                             f"profile for this model (make_profile) or add the entry")
+        return power2_exponent(*ranges[key])
+
+    consumers = {}
+    for op in graph.ops:
+        for i in op.inputs:
+            consumers.setdefault(i, []).append(op)
+    exps = {graph.input_name: range_exp(graph.input_name)}
+    qops = [QuantOp("quantize", graph.input_name, (graph.input_name,), graph.input_name, exps[graph.input_name])]
+    fused = set()
+    flat_order = {}  # flattened tensor -> stored order of its elements
+    for op in graph.ops:
+        if op.output in fused:
+            continue
+        out = op.output
+        users = consumers.get(out, [])
+        relu = users[0] if len(users) == 1 and users[0].kind == "relu" and op.kind in ("conv", "fc", "add") \
+            and out != graph.output_name else None
+        if relu is not None:
+            fused.add(relu.output)
+            out = relu.output
+        x = op.inputs[0]
+        if op.kind in ("maxpool", "flatten", "relu"):
+            exps[out] = exps[x]
+            if op.kind == "flatten":
+                flat_order[out] = _stored_order(graph.shapes[x])[flat_order[x]] if x in flat_order \
+                    else _stored_order(graph.shapes[x])
+            qops.append(QuantOp(op.kind, op.node, (x,), out, exps[out], act_min=0 if op.kind == "relu" else INT8_MIN,
+                                kernel=op.kernel, stride=op.stride, pads=op.pads))
+            continue
+        if op.kind == "softmax":
+            if out != graph.output_name:
+                raise UnsupportedOpError(f"Softmax node {op.node!r} is supported only as the model's last op")
+            qops.append(QuantOp("softmax", op.node, (x,), out, 0))
+            continue
+        exps[out] = range_exp(out)
+        act_min = 0 if relu is not None else INT8_MIN
+        if op.kind == "add":
+            shifts = tuple(exps[out] - exps[i] for i in op.inputs)
+            qops.append(QuantOp("add", op.node, op.inputs, out, exps[out], act_min=act_min, input_shifts=shifts))
+            continue
+        w = op.weight.reshape(op.weight.shape[0], -1)
+        if op.kind == "fc" and x in flat_order:
+            order = flat_order[x]
+            w = w[:, order]
+        w_exp = power2_exponent(float(w.min()), float(w.max()))
+        acc_exp = exps[x] + w_exp
+        b_exp = max(power2_exponent(float(op.bias.min()), float(op.bias.max()), BIAS_MIN, BIAS_MAX), acc_exp)
+        bias_q = quantize_array(op.bias, b_exp, BIAS_MIN, BIAS_MAX, np.int64) << (b_exp - acc_exp)
+        if np.abs(bias_q).max(initial=0) >= 2**30:
+            raise ValueError(f"node {op.node!r}: bias too large for int32 at scale 2**{acc_exp}; "
+                             f"check the model's bias values")
+        qops.append(QuantOp(op.kind, op.node, (x,), out, exps[out], shift=exps[out] - acc_exp, act_min=act_min,
+                            weight=quantize_array(w, w_exp), bias=bias_q.astype(np.int32), kernel=op.kernel,
+                            stride=op.stride, pads=op.pads, weight_exp=w_exp))
+    softmax = qops.pop() if qops[-1].kind == "softmax" else None
+    final = softmax.inputs[0] if softmax else graph.output_name
+    if len(graph.shapes[final]) != 1:
+        raise UnsupportedOpError(f"the model output {final!r} has shape {graph.shapes[final]}; the built-in "
+                                 f"backend supports a flat (batch, classes) output")
+    if softmax:
+        # Softmax runs in float on the dequantized logits.
+        logits = f"{final}/dequantized"
+        graph.shapes[logits] = graph.shapes[final]
+        qops += [QuantOp("dequantize", final, (final,), logits, exps[final]),
+                 QuantOp("softmax", softmax.node, (logits,), graph.output_name, 0)]
+    else:
+        # The int8 result gets its own tensor; the float output placeholder is written by the dequantize.
+        quantized = f"{final}/quantized"
+        for op in qops:
+            op.inputs = tuple(quantized if i == final else i for i in op.inputs)
+            if op.output == final:
+                op.output = quantized
+        graph.shapes[quantized], exps[quantized] = graph.shapes[final], exps[final]
+        qops.append(QuantOp("dequantize", final, (quantized,), graph.output_name, exps[final]))
+    return QuantModel(graph, qops, exps)
+
+
+# ---------------------------------------------------------------- int8 reference
+def requantize(acc: np.ndarray, shift: int, act_min: int) -> np.ndarray:
+    """Accumulator -> int8 at the output scale: Glow's libjit_scale_i32i8 for a power-of-2 ratio
+    (add 2**(shift-1), arithmetic shift right; a negative shift multiplies), then saturate."""
+    acc = acc.astype(np.int64)
+    if shift > 0:
+        acc = (acc + (1 << (shift - 1))) >> shift
+    else:
+        acc = acc << -shift
+    return np.clip(acc, act_min, INT8_MAX).astype(np.int8)
+
+
+def run_int8(qm: QuantModel, x_nchw: np.ndarray, keep_all: bool = False):
+    """Bit-exact reference of the generated C. Returns the float output (logits or softmax), or with keep_all
+    a dict of every int8 tensor (stored layout) plus the output."""
+    outs = []
+    for start in range(0, len(x_nchw), BATCH):
+        x = np.asarray(x_nchw[start:start + BATCH], np.float32)
+        t = {}
+        for op in qm.ops:
+            if op.kind == "quantize":
+                y = quantize_array(x, op.out_exp).transpose(0, 2, 3, 1)
+            elif op.kind in ("conv", "fc"):
+                src = t[op.inputs[0]]
+                cols = im2col(src, op.kernel, op.stride, op.pads, 0) if op.kind == "conv" else src
+                acc = np.rint(cols.astype(np.float64) @ op.weight.T.astype(np.float64)).astype(np.int64)
+                y = requantize(acc + op.bias, op.shift, op.act_min)
+            elif op.kind == "maxpool":
+                y = _max_pool(t[op.inputs[0]], op, INT8_MIN)
+            elif op.kind == "flatten":
+                y = t[op.inputs[0]].reshape(len(x), -1)
+            elif op.kind == "relu":
+                y = np.maximum(t[op.inputs[0]], 0)
+            elif op.kind == "add":
+                terms = [requantize_wide(t[i], s) for i, s in zip(op.inputs, op.input_shifts)]
+                y = np.clip(terms[0] + terms[1], op.act_min, INT8_MAX).astype(np.int8)
+            elif op.kind == "dequantize":
+                y = t[op.inputs[0]].astype(np.float32) * np.float32(2.0 ** op.out_exp)
+            else:
+                y = _softmax(t[op.inputs[0]]).astype(np.float32)
+            t[op.output] = y
+        outs.append(t if keep_all else t[qm.graph.output_name])
+    if keep_all:
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    return np.concatenate(outs)
+
+
+def requantize_wide(q: np.ndarray, shift: int) -> np.ndarray:
+    """int8 -> int64 at another power-of-2 scale (rounding right shift, or left shift), not saturated."""
+    q = q.astype(np.int64)
+    # Shifts clamped like the C kernel (to stay defined in int32); results after saturation are unchanged.
+    return (q + (1 << (min(shift, 31) - 1))) >> min(shift, 31) if shift > 0 else q << min(-shift, 15)
+
+
+def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy; ties go to the lowest index like Glow's getOutputClass."""
+    return float(np.mean(np.argmax(outputs, axis=1) == np.asarray(labels)))

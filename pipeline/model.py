@@ -1,0 +1,50 @@
+"""The AN13331 CIFAR-10 network: Conv+BN+ReLU, then three Conv+BN+ReLU+MaxPool blocks, then Linear."""
+import torch
+from torch import nn
+
+INPUT_SHAPE = (1, 3, 32, 32)
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
+    layers = [
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=True),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class CifarNet(nn.Module):
+    """`channels` gives the width of the four conv blocks; the first block keeps 32x32, the others halve it."""
+
+    def __init__(self, channels=(32, 32, 64, 128), num_classes: int = 10):
+        super().__init__()
+        widths = [INPUT_SHAPE[1], *channels]
+        self.features = nn.Sequential(
+            *(conv_bn_relu(widths[i], widths[i + 1], pool=i > 0) for i in range(len(channels)))
+        )
+        side = INPUT_SHAPE[2] // 2 ** (len(channels) - 1)
+        self.classifier = nn.Linear(channels[-1] * side * side, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def count_macs(channels=(32, 32, 64, 128), num_classes: int = 10) -> int:
+    """Multiply-accumulates of one inference (conv and linear layers), for per-MAC figures."""
+    side, macs, widths = INPUT_SHAPE[2], 0, [INPUT_SHAPE[1], *channels]
+    for i in range(len(channels)):
+        macs += side * side * widths[i + 1] * widths[i] * 9
+        if i > 0:
+            side //= 2
+    return macs + channels[-1] * side * side * num_classes
+
+
+def to_input(images) -> "numpy.ndarray":
+    """uint8 NHWC RGB images -> float32 NCHW in [-1, 1]: the note's Normalize(0.5, 0.5) and Glow's neg1to1."""
+    import numpy as np
+
+    x = np.asarray(images, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))

@@ -1,0 +1,42 @@
+"""Running external tools: one place that finds them, runs them and explains failures."""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+
+class Skipped(Exception):
+    """A step that cannot run on this machine (a tool is missing); str() is "skipped: <reason>"."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"skipped: {reason}")
+        self.reason = reason
+
+
+class ToolError(RuntimeError):
+    """A tool ran and failed."""
+
+
+def find_tool(name: str, env_var: str | None = None) -> str | None:
+    """Path of `name`: from the folder in $env_var if set (or the file it names), else from PATH."""
+    if env_var and os.environ.get(env_var):
+        configured = Path(os.environ[env_var])
+        for candidate in (configured / name, configured):
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    return shutil.which(name)
+
+
+def run_tool(cmd, install_hint: str, cwd=None, tail_lines: int = 30) -> subprocess.CompletedProcess:
+    """Run `cmd` (a list); on failure raise ToolError showing the command, its stderr tail and `install_hint`."""
+    cmd = [str(c) for c in cmd]
+    try:
+        result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError as err:
+        raise ToolError(f"cannot run {cmd[0]!r}: {err}. {install_hint}") from err
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).splitlines()[-tail_lines:])
+        raise ToolError(
+            f"command failed (exit {result.returncode}): {' '.join(cmd)}\n{tail}\n{install_hint}"
+        )
+    return result

@@ -1,0 +1,192 @@
+"""Training stage: CifarNet on the canonical dataset -> cifar.pth (state_dict), metrics.json, training.png.
+
+Deterministic: fixed thread count, deterministic algorithms, and every epoch's shuffling and augmentation
+drawn from a generator seeded by (seed, epoch). A checkpoint after each epoch therefore lets an interrupted
+run resume and end bit-identical to an uninterrupted one.
+"""
+import hashlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline import atomic
+from pipeline.dataset import load_classes, load_split
+from pipeline.model import CifarNet, to_input
+
+EVAL_BATCH = 500
+
+
+class TrainingError(ValueError):
+    """A training input (config or .pth) that cannot be used, with how to fix it."""
+
+
+def setup_determinism(threads: int, seed: int) -> None:
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop with 4-pixel zero padding (in the [-1,1] space: pad with -1, i.e. black) and horizontal flip."""
+    n = x.shape[0]
+    padded = nn.functional.pad(x, (4, 4, 4, 4), value=-1.0)
+    dy, dx = torch.randint(0, 9, (2, n), generator=gen)
+    rows = (dy[:, None] + torch.arange(32))[:, None, :, None].expand(n, 3, 32, 40)
+    cropped = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(32))[:, None, None, :].expand(n, 3, 32, 32)
+    cropped = cropped.gather(3, cols)
+    flip = torch.rand(n, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+
+
+def evaluate(model: nn.Module, images, labels) -> float:
+    """Top-1 accuracy of the float model on uint8 NHWC images."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(labels), EVAL_BATCH):
+            logits = model(torch.from_numpy(to_input(images[start:start + EVAL_BATCH])))
+            correct += int((logits.argmax(1).numpy() == labels[start:start + EVAL_BATCH]).sum())
+    return correct / max(len(labels), 1)
+
+
+def load_state(model: nn.Module, path) -> None:
+    """Load a .pth state_dict, refusing one made for another network shape."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise TrainingError(f"{path}: not a readable PyTorch state_dict ({err}); give a .pth saved by this "
+                            f"pipeline (torch.save(model.state_dict()))") from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, AttributeError, TypeError) as err:
+        first = str(err).strip().splitlines()[:3]
+        raise TrainingError(f"{path}: does not match the network (model.channels / classes): "
+                            f"{' '.join(first)}; use a .pth trained with the same model.channels") from None
+
+
+def make_optimizer(model, optimizer: str, lr: float, weight_decay: float):
+    if optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+
+
+def make_schedule(opt, schedule: str, lr: float, epochs: int, steps_per_epoch: int):
+    if schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+
+def recipe_digest(recipe: dict, data_manifest: Path) -> str:
+    """Identifies what a checkpoint was made from, so a resume never mixes two different runs."""
+    h = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
+    h.update(Path(data_manifest).read_bytes())
+    return h.hexdigest()
+
+
+def save_state_dict(model: nn.Module, path) -> None:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    atomic.write_bytes(path, buffer.getvalue())
+
+
+def train(data_dir, out_dir, *, channels, optimizer, lr, batch_size, epochs, schedule, weight_decay, augment,
+          label_smoothing, seed=0, threads=2, init_from="", preset="", progress=True) -> dict:
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    recipe = dict(channels=list(channels), optimizer=optimizer, lr=lr, batch_size=batch_size, epochs=epochs,
+                  schedule=schedule, weight_decay=weight_decay, augment=augment, label_smoothing=label_smoothing,
+                  seed=seed, threads=threads, init_from=str(init_from), preset=preset)
+    setup_determinism(threads, seed)
+    classes = load_classes(data_dir)
+    train_x, train_y = load_split(data_dir, "train")
+    val_x, val_y = load_split(data_dir, "val")
+    inputs, targets = torch.from_numpy(to_input(train_x)), torch.from_numpy(train_y)
+
+    model = CifarNet(tuple(channels), num_classes=len(classes))
+    if init_from:
+        load_state(model, init_from)
+    steps = (len(targets) + batch_size - 1) // batch_size
+    opt = make_optimizer(model, optimizer, lr, weight_decay)
+    sched = make_schedule(opt, schedule, lr, epochs, steps)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    checkpoint_path = out_dir / "checkpoint.pt"
+    digest = recipe_digest(recipe, data_dir / "manifest.json")
+    history, start_epoch = [], 0
+    if checkpoint_path.exists():
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if ckpt.get("digest") == digest:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["schedule"])
+            history, start_epoch = ckpt["history"], ckpt["epoch"]
+            print(f"resuming from {checkpoint_path} after epoch {start_epoch}", file=sys.stderr)
+
+    for epoch in range(start_epoch, epochs):
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(len(targets), generator=gen)
+        model.train()
+        total_loss, correct = 0.0, 0
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", file=sys.stderr,
+                   disable=not progress, leave=True)
+        for step in bar:
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            x = inputs[idx]
+            if augment:
+                x = augment_batch(x, gen)
+            logits = model(x)
+            loss = loss_fn(logits, targets[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == targets[idx]).sum())
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        val_acc = evaluate(model, val_x, val_y)
+        history.append(dict(epoch=epoch + 1, train_loss=total_loss / len(targets),
+                            train_accuracy=correct / len(targets), val_accuracy=val_acc))
+        print(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['train_loss']:.4f} "
+              f"train {history[-1]['train_accuracy']:.4f} val {val_acc:.4f}", file=sys.stderr)
+        ckpt = dict(digest=digest, epoch=epoch + 1, model=model.state_dict(), optimizer=opt.state_dict(),
+                    schedule=sched.state_dict(), history=history)
+        with atomic.atomic_path(checkpoint_path) as tmp:
+            torch.save(ckpt, tmp)
+
+    test_x, test_y = load_split(data_dir, "test")
+    metrics = dict(recipe=recipe, epochs=history, test_accuracy=evaluate(model, test_x, test_y),
+                   test_images=int(len(test_y)), train_images=int(len(train_y)))
+    save_state_dict(model, out_dir / "cifar.pth")
+    atomic.write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    plot_training(history, out_dir / "training.png", title=f"{preset or 'custom'} preset")
+    checkpoint_path.unlink(missing_ok=True)
+    return metrics
+
+
+
+def plot_training(history, path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="train loss", title="loss")
+    ax_acc.plot(epochs, [h["train_accuracy"] for h in history], marker="o", label="train")
+    ax_acc.plot(epochs, [h["val_accuracy"] for h in history], marker="o", label="validation")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy")
+    ax_acc.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the firmware stages need, when they are missing.
+# Without root or apt, prints the exact command to run and fails.
+set -euo pipefail
+packages=(gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)
+missing=()
+command -v arm-none-eabi-gcc >/dev/null || missing+=(gcc-arm-none-eabi)
+[ -f /usr/lib/arm-none-eabi/newlib/libc.a ] || [ -f /usr/lib/arm-none-eabi/lib/libc.a ] || missing+=(libnewlib-arm-none-eabi)
+command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
+[ ${#missing[@]} -eq 0 ] && exit 0
+cmd="apt-get update && apt-get install -y ${missing[*]}"
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "bootstrap: installing ${missing[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    echo "bootstrap: installing ${missing[*]} with sudo" >&2
+    sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+    echo "bootstrap: missing Debian packages: ${missing[*]}" >&2
+    echo "bootstrap: run this as root, then retry:  $cmd" >&2
+    echo "bootstrap: (all packages: ${packages[*]})" >&2
+    exit 1
+fi

@@ -1,0 +1,165 @@
+"""Bundle: Glow's header ABI and weight formats; the generated C (portable and DSP paths) is bit-exact with the
+int8 NumPy reference; per-board objects are cross-compiled deterministically."""
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiny_model import export_onnx, synthetic_images, train_tiny_model
+from pipeline import bundle, int8_graph, profile
+from pipeline.model import to_input
+from pipeline.tools import Skipped
+
+BOARDS = Path(__file__).resolve().parents[1] / "boards"
+needs_arm = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="arm-none-eabi-gcc not installed")
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
+
+
+def board(name):
+    return tomllib.loads((BOARDS / f"{name}.toml").read_text())
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bundle")
+    export_onnx(train_tiny_model(*synthetic_images(320, seed=1), steps=30), tmp / "m.onnx")
+    calib, _ = synthetic_images(10, seed=11)
+    profile.make_profile(tmp / "m.onnx", calib, tmp / "profile.yml")
+    files = bundle.generate_sources(tmp / "m.onnx", tmp / "profile.yml")
+    (tmp / "src").mkdir()
+    for name, data in files.items():
+        (tmp / "src" / name).write_bytes(data)
+    return tmp
+
+
+def macros(header: str) -> dict:
+    return {m: int(v) for m, v in re.findall(r"#define (CIFAR_\w+)\s+(\d+)", header)}
+
+
+def test_header_matches_glow_static_api(built):
+    header = (built / "src" / "cifar.h").read_text()
+    m = macros(header)
+    assert {"CIFAR_input", "CIFAR_output", "CIFAR_CONSTANT_MEM_SIZE", "CIFAR_MUTABLE_MEM_SIZE",
+            "CIFAR_ACTIVATIONS_MEM_SIZE", "CIFAR_MEM_ALIGN"} <= set(m)
+    assert m["CIFAR_MEM_ALIGN"] == 64 and all(v % 64 == 0 for v in m.values())
+    assert "#define GLOW_MEM_ALIGN(size)" in header and "#define GLOW_GET_ADDR(" in header
+    assert "int cifar(uint8_t *constantWeight, uint8_t *mutableWeight, uint8_t *activations);" in header
+    # placeholders fit the mutable memory without overlapping: float 1x3x32x32 in, float 1x10 out
+    assert m["CIFAR_input"] + 4 * 3 * 32 * 32 <= m["CIFAR_output"]
+    assert m["CIFAR_output"] + 4 * 10 <= m["CIFAR_MUTABLE_MEM_SIZE"]
+    assert "//   Type: float<1 x 3 x 32 x 32>" in header and "//   Type: float<1 x 10>" in header
+    total = m["CIFAR_CONSTANT_MEM_SIZE"] + m["CIFAR_MUTABLE_MEM_SIZE"] + m["CIFAR_ACTIVATIONS_MEM_SIZE"]
+    assert f"// Total data size: {total} (bytes)" in header
+
+
+def test_network_name_is_a_parameter(built):
+    files = bundle.generate_sources(built / "m.onnx", built / "profile.yml", network_name="net2")
+    assert "#define NET2_CONSTANT_MEM_SIZE" in files["net2.h"].decode()
+    assert "int net2(uint8_t *constantWeight" in files["net2.c"].decode()
+    with pytest.raises(ValueError, match="not a C identifier"):
+        bundle.generate_sources(built / "m.onnx", built / "profile.yml", network_name="bad-name")
+
+
+def test_weights_bin_and_txt_agree(built):
+    data = (built / "src" / "cifar.weights.bin").read_bytes()
+    assert len(data) == macros((built / "src" / "cifar.h").read_text())["CIFAR_CONSTANT_MEM_SIZE"]
+    lines = (built / "src" / "cifar.weights.txt").read_text().splitlines()
+    assert all(len(line.split(",")) - 1 == 20 for line in lines[:-1]) and 1 <= len(lines[-1].split(",")) - 1 <= 20
+    assert all(re.fullmatch(r"( 0X[0-9A-F]{2},)+", line) for line in lines)
+    assert bytes(int(v, 16) for v in re.findall(r"0X([0-9A-F]{2})", "".join(lines))) == data
+
+
+def test_memory_plan_reuses_buffers(built):
+    graph = int8_graph.load_graph(built / "m.onnx")
+    qm = int8_graph.quantize_graph(graph, profile.read_profile(built / "profile.yml").ranges())
+    plan = bundle.plan_memory(qm)
+    all_tensors = sum(int(np.prod(graph.shapes[op.output])) for op in qm.ops if op.kind not in ("flatten",))
+    assert plan.activations_size < all_tensors
+
+
+@needs_gcc
+@pytest.mark.parametrize("dsp_shim", [False, True], ids=["portable", "dsp-shim"])
+def test_generated_c_is_bit_exact_with_numpy_reference(built, tmp_path, dsp_shim):
+    images, _ = synthetic_images(120, seed=12)
+    x = to_input(images)
+    graph = int8_graph.load_graph(built / "m.onnx")
+    qm = int8_graph.quantize_graph(graph, profile.read_profile(built / "profile.yml").ranges())
+    expected = int8_graph.run_int8(qm, x)
+    runner = bundle.build_host_runner(built / "src", tmp_path, dsp_shim=dsp_shim)
+    got = bundle.run_host_bundle(runner, built / "src" / "cifar.weights.bin", x, tmp_path)
+    np.testing.assert_array_equal(got, expected)
+    # outputs are int8 values at the output scale, and not all the same class
+    assert len(set(got.argmax(1))) > 1
+
+
+@needs_arm
+@pytest.mark.parametrize("name", ["rt1060", "rt685_m33"])
+def test_arm_object_has_dsp_path_and_is_deterministic(built, tmp_path, name):
+    first = bundle.compile_object(built / "src", board(name), target=tmp_path / "a.o")
+    second = bundle.compile_object(built / "src", board(name), target=tmp_path / "b.o")
+    assert first.read_bytes() == second.read_bytes()
+    disasm = subprocess.run(["arm-none-eabi-objdump", "-d", str(first)], capture_output=True, text=True).stdout
+    assert "smlad" in disasm and "sxtb16" in disasm
+    symbols = subprocess.run(["arm-none-eabi-nm", str(first)], capture_output=True, text=True).stdout
+    assert re.search(r" T cifar$", symbols, re.M) and re.search(r" T conv2d_s8$", symbols, re.M)
+    assert not re.search(r" U (?!memset|memcpy)", symbols)  # self-contained apart from libc memset
+    assert str(tmp_path).encode() not in first.read_bytes() and b"/tmp" not in first.read_bytes()
+
+
+def test_xtensa_board_is_skipped_without_toolchain(built, tmp_path, monkeypatch):
+    monkeypatch.delenv("XCC", raising=False)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    if shutil.which("xt-clang"):
+        pytest.skip("an Xtensa toolchain is installed")
+    result = bundle.make_bundle(built / "m.onnx", built / "profile.yml", board("rt685_hifi4"), tmp_path / "bundle")
+    assert result["object"].startswith("skipped: no Xtensa toolchain") and "XCC" in result["object"]
+    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == \
+        ["cifar.c", "cifar.h", "cifar.weights.bin", "cifar.weights.txt"]
+    with pytest.raises(Skipped):
+        bundle.compile_object(tmp_path / "bundle", board("rt685_hifi4"))
+
+
+@needs_gcc
+def test_evaluate_bundle_reports_float_and_int8_accuracy(built, tmp_path):
+    images, labels = synthetic_images(150, seed=13)
+    result = bundle.evaluate_bundle(built / "m.onnx", built / "src", images, labels, tmp_path)
+    assert result["images"] == 150 and 0.0 <= result["int8_accuracy"] <= 1.0
+    assert abs(result["float_accuracy"] - result["int8_accuracy"]) <= 0.1
+    assert result["float_accuracy"] > 0.2  # the small model learned something (chance is 0.1)
+
+
+@needs_gcc
+def test_full_size_cifarnet_is_bit_exact(tmp_path):
+    """The real layer sizes (K = 27, 288, 576, 2048) through both C paths."""
+    import torch
+
+    from pipeline.model import CifarNet
+
+    torch.manual_seed(1)
+    export_onnx(CifarNet().eval(), tmp_path / "full.onnx")
+    images, _ = synthetic_images(16, seed=14)
+    profile.make_profile(tmp_path / "full.onnx", images[:10], tmp_path / "profile.yml")
+    for name, data in bundle.generate_sources(tmp_path / "full.onnx", tmp_path / "profile.yml").items():
+        (tmp_path / name).write_bytes(data)
+    graph = int8_graph.load_graph(tmp_path / "full.onnx")
+    expected = int8_graph.run_int8(int8_graph.quantize_graph(graph, profile.read_profile(tmp_path / "profile.yml")
+                                                             .ranges()), to_input(images))
+    for dsp_shim in (False, True):
+        runner = bundle.build_host_runner(tmp_path, tmp_path / "host", dsp_shim=dsp_shim)
+        got = bundle.run_host_bundle(runner, tmp_path / "cifar.weights.bin", to_input(images), tmp_path / "host")
+        np.testing.assert_array_equal(got, expected)
+
+
+@needs_arm
+def test_make_bundle_is_deterministic(built, tmp_path):
+    outputs = []
+    for run in ("a", "b"):
+        result = bundle.make_bundle(built / "m.onnx", built / "profile.yml", board("rt1060"), tmp_path / run / "bundle")
+        assert result["object"] == "compiled"
+        outputs.append({p.name: p.read_bytes() for p in sorted((tmp_path / run / "bundle").iterdir())})
+    assert outputs[0] == outputs[1]
+    assert sorted(outputs[0]) == ["cifar.c", "cifar.h", "cifar.o", "cifar.weights.bin", "cifar.weights.txt"]

@@ -1,0 +1,92 @@
+import json
+
+import pytest
+import torch
+
+from pipeline import config, dataset, train
+from pipeline.model import CifarNet
+
+RECIPE = dict(config.TRAINING_PRESETS["an13331"], epochs=3)
+
+
+@pytest.fixture(scope="module")
+def data_dir(small_dataset_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    dataset.build_dataset(str(small_dataset_dir), out, root=out, validation_per_class=20, train_per_class=30,
+                          test_per_class=10, images_per_class=5, tuning_per_class=5)
+    return out
+
+
+def run(data_dir, out, **overrides):
+    return train.train(data_dir, out, channels=[8, 8, 16, 16], **{**RECIPE, **overrides}, progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    return out, run(data_dir, out)
+
+
+def test_training_learns_and_records_every_epoch(reference):
+    out, metrics = reference
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+    assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
+    assert metrics["test_accuracy"] > 0.5, "synthetic classes are easy: well above the 10% of chance"
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert (out / "training.png").read_bytes().startswith(b"\x89PNG")
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_same_inputs_give_a_bit_identical_pth(reference, data_dir, tmp_path):
+    run(data_dir, tmp_path)
+    assert (tmp_path / "cifar.pth").read_bytes() == (reference[0] / "cifar.pth").read_bytes()
+
+
+def test_interrupted_training_resumes_to_the_same_result(reference, data_dir, tmp_path, monkeypatch):
+    calls = []
+    real_evaluate = train.evaluate
+
+    def interrupt_in_epoch_two(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args)
+
+    monkeypatch.setattr(train, "evaluate", interrupt_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(data_dir, tmp_path)
+    assert not (tmp_path / "cifar.pth").exists(), "an interrupted run leaves no model behind"
+    assert (tmp_path / "checkpoint.pt").exists()
+    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    metrics = run(data_dir, tmp_path)
+    assert (tmp_path / "cifar.pth").read_bytes() == (reference[0] / "cifar.pth").read_bytes()
+    assert metrics["epochs"] == reference[1]["epochs"]
+
+
+def test_checkpoint_of_another_recipe_is_not_resumed(reference, data_dir, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path
+    (out / "checkpoint.pt").write_bytes(b"")
+    ckpt = dict(digest="something else", epoch=2)
+    torch.save(ckpt, out / "checkpoint.pt")
+    run(data_dir, out)
+    assert "resuming" not in capsys.readouterr().err
+    assert (out / "cifar.pth").read_bytes() == (reference[0] / "cifar.pth").read_bytes()
+    shutil.rmtree(out)
+
+
+def test_init_from_continues_from_a_pth(reference, data_dir, tmp_path):
+    metrics = run(data_dir, tmp_path, epochs=1, init_from=str(reference[0] / "cifar.pth"))
+    assert metrics["epochs"][0]["train_loss"] < reference[1]["epochs"][0]["train_loss"]
+
+
+def test_pth_for_another_network_is_refused(data_dir, tmp_path):
+    other = tmp_path / "other.pth"
+    torch.save(CifarNet((4, 4, 4, 4)).state_dict(), other)
+    with pytest.raises(train.TrainingError, match=r"other.pth: does not match the network"):
+        run(data_dir, tmp_path / "out", init_from=str(other))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(train.TrainingError, match=r"garbage.pth: not a readable PyTorch state_dict"):
+        run(data_dir, tmp_path / "out", init_from=str(garbage))
