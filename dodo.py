@@ -9,30 +9,69 @@ from pathlib import Path
 from doit import get_var
 
 from pipeline import config as configuration
-from pipeline import dataset
+from pipeline import dataset, glow
+from pipeline.bundle import require_compiler
 from pipeline.cache import cached_action
 from pipeline.config import subset
-from pipeline.graph import code, keys, stage
+from pipeline.firmware import (firmware_targets, needs_emulator_link, require_emulator, require_mcux_sdk,
+                               require_toolchain, require_zephyr)
+from pipeline.graph import code, hold_build_lock, keys, runnable, skip_reason, skipped_task, stage
+from pipeline.shapes import count_macs
+from pipeline.tools import Skipped
 
 try:
     CONFIG = configuration.load(get_var("config", "pipeline.toml"))
     SOURCE = dataset.resolve_source(CONFIG["dataset"]["source"], configuration.ROOT)
-except (configuration.ConfigError, dataset.DatasetError) as err:
+    BACKEND = glow.choose_backend(CONFIG["quantization"]["backend"])
+except (configuration.ConfigError, dataset.DatasetError, Skipped) as err:
     sys.exit(f"error: {err}")
 
 BUILD = Path(CONFIG["project"]["build_dir"])
 NAME = CONFIG["project"]["name"]
-DATA, MODEL = BUILD / "data", BUILD / "model"
+QUANT = CONFIG["quantization"]
+BOARDS = {name: configuration.load_board(name) for name in CONFIG["firmware"]["boards"]}
+DATA, MODEL, QUANT_DIR, REPORTS = BUILD / "data", BUILD / "model", BUILD / "quant", BUILD / "reports"
 DATA_FILES = [str(DATA / f) for f in (*dataset.ARRAY_FILES, "classes.json", "manifest.json")]
+TEST_SPLIT = [str(DATA / "test_images.npy"), str(DATA / "test_labels.npy"), str(DATA / "classes.json")]
 PTH, ONNX = MODEL / f"{NAME}.pth", MODEL / f"{NAME}.onnx"
+PROFILE, TUNED = QUANT_DIR / "profile.yml", QUANT_DIR / "profile_tuned.yml"
+ACCURACY, INT8_VAL = QUANT_DIR / "accuracy.json", QUANT_DIR / "int8_val_predictions.npy"
+BUNDLE_CODE = code("bundle", "int8_graph", "quantize", "profile", "shapes") + [
+    str(p.relative_to(configuration.ROOT)) for p in sorted((configuration.ROOT / "pipeline" / "kernels").iterdir())]
+APP_FILES = [str(p.relative_to(configuration.ROOT)) for p in sorted((configuration.ROOT / "mcux_app").iterdir())]
+EVALUATIONS = {"hardening": ["hardening.json", "hardening.md", "hardening.png"],
+               "robustness": ["robustness.json", "robustness.md", "robustness.png"],
+               "parity": ["parity.json", "parity.md"]}
 
-BUILD.mkdir(parents=True, exist_ok=True)
+hold_build_lock(BUILD)
 DOIT_CONFIG = {
     "dep_file": str(BUILD / ".doit.db"),
     "backend": "sqlite3",
     "verbosity": 2,
-    "default_tasks": ["dataset", "train", "export"],
+    "default_tasks": ["dataset", "train", "export", "profile", "tune", "accuracy", "bundle", "image_inc", "main_c",
+                      "firmware", "emulate", "zephyr", "mcux_sdk", "int8_predictions", *EVALUATIONS, "report"],
 }
+
+
+def board_paths(board: str) -> dict:
+    root = BUILD / board
+    return {"root": root, "bundle": root / "bundle", "source": root / "source", "skipped": root / "skipped",
+            "header": root / "bundle" / f"{NAME}.h", "object": root / "bundle" / f"{NAME}.o",
+            "inc": root / "source" / "input_image_test.inc", "main_c": root / "source" / "main.c"}
+
+
+def bundle_files(board: str) -> list[str]:
+    folder = board_paths(board)["bundle"]
+    return [str(folder / f"{NAME}{suffix}") for suffix in (".h", ".c", ".weights.bin", ".weights.txt")]
+
+
+# Why a step cannot run on this machine (None: it runs), decided once when the graph is declared.
+SKIPS = {board: {"bundle_object": skip_reason(require_compiler, spec),
+                 "firmware": skip_reason(require_toolchain, spec),
+                 "emulate": skip_reason(require_emulator, spec),
+                 "zephyr": skip_reason(require_zephyr, spec),
+                 "mcux_sdk": skip_reason(require_mcux_sdk, spec)} for board, spec in BOARDS.items()}
+SKIPS = {board: {step: reason for step, reason in steps.items() if reason} for board, steps in SKIPS.items()}
 
 
 def task_dataset():
@@ -50,7 +89,7 @@ def task_dataset():
 
 
 def task_train():
-    """Train CifarNet: the .pth state_dict, per-epoch metrics and the training curves."""
+    """Train CifarNet: the .pth state_dict, per-epoch metrics and the training curves (cached)."""
     training = CONFIG["training"]
     recipe = {k: training[k] for k in (*configuration.RECIPE_KEYS, "seed", "threads", "init_from", "preset")}
     inputs = DATA_FILES + ([training["init_from"]] if training["init_from"] else [])
@@ -58,9 +97,9 @@ def task_train():
     return {
         "actions": [cached_action(
             "train", stage("train:train", data_dir=DATA, out_dir=MODEL, channels=CONFIG["model"]["channels"], **recipe),
-            code_files=code("train", "model", "atomic"), config_subset=subset(CONFIG, "training", "model.channels"),
+            code_files=code("train", "model", "shapes", "atomic"), config_subset=subset(CONFIG, "training", "model.channels"),
             input_files=inputs, libraries=["torch", "numpy"], outputs=outputs)],
-        "file_dep": inputs + code("train", "model", "atomic"),
+        "file_dep": inputs + code("train", "model", "shapes", "atomic"),
         "targets": [str(p) for p in outputs],
         "uptodate": [keys(subset(CONFIG, "training", "model.channels"))],
         "clean": True,
@@ -74,8 +113,319 @@ def task_export():
                           opset=CONFIG["export"]["opset"], verify_count=CONFIG["export"]["verify_images"],
                           tolerance=CONFIG["export"]["tolerance"], test_data_dir=MODEL / "test_data_set_0")],
         "file_dep": [str(PTH), str(DATA / "val_images.npy"), str(DATA / "classes.json")]
-                    + code("export", "model", "atomic"),
+                    + code("export", "evaluation", "train", "model", "shapes", "atomic"),
         "targets": [str(ONNX), str(MODEL / "export_check.json")],
         "uptodate": [keys(subset(CONFIG, "export", "model.channels"))],
         "clean": True,
     }
+
+
+def task_profile():
+    """profile.yml: float ranges of every tensor over the calibration images (Glow's format)."""
+    return {
+        "actions": [stage("quantize:profile_stage", backend=BACKEND, onnx_path=ONNX, data_dir=DATA, out_path=PROFILE,
+                          per_class=QUANT["calibration_per_class"])],
+        "file_dep": [str(ONNX), str(DATA / "manifest.json")] + code("quantize", "profile", "int8_graph", "glow"),
+        "targets": [str(PROFILE)],
+        "uptodate": [keys({"backend": BACKEND, **subset(CONFIG, "quantization.calibration_per_class")})],
+        "clean": True,
+    }
+
+
+def task_tune():
+    """profile_tuned.yml: Glow's model-tuner algorithm on the 300 tuning images (cached)."""
+    settings = subset(CONFIG, "quantization.target_accuracy", "quantization.max_iterations",
+                      "quantization.accuracy_drop")
+    outputs = [TUNED] + ([QUANT_DIR / "tuning.json"] if BACKEND == "builtin" else [])
+    inputs = [str(ONNX), str(PROFILE), str(DATA / "manifest.json")]
+    tune_code = code("quantize", "tune", "profile", "int8_graph", "glow")
+    return {
+        "actions": [cached_action(
+            "tune", stage("quantize:tune_stage", backend=BACKEND, onnx_path=ONNX, profile_path=PROFILE, data_dir=DATA,
+                          out_path=TUNED, target_accuracy=QUANT["target_accuracy"],
+                          max_iterations=QUANT["max_iterations"], accuracy_drop=QUANT["accuracy_drop"]),
+            code_files=tune_code, config_subset={"backend": BACKEND, **settings}, input_files=inputs,
+            libraries=["numpy", "onnx", "pillow"], outputs=outputs)],
+        "file_dep": inputs + tune_code,
+        "targets": [str(p) for p in outputs],
+        "uptodate": [keys({"backend": BACKEND, **settings})],
+        "clean": True,
+    }
+
+
+def task_accuracy():
+    """accuracy.json: float vs deployed int8 (host-compiled bundle C) on the test split, untuned and tuned."""
+    return {
+        "actions": [stage("quantize:accuracy_stage", onnx_path=ONNX, profiles={"untuned": PROFILE, "tuned": TUNED},
+                          data_dir=DATA, out_path=ACCURACY, network=NAME, eval_images=QUANT["eval_images"])],
+        "file_dep": [str(ONNX), str(PROFILE), str(TUNED)] + TEST_SPLIT + BUNDLE_CODE,
+        "targets": [str(ACCURACY)],
+        "uptodate": [keys(subset(CONFIG, "quantization.eval_images", "project.name"))],
+        "clean": True,
+    }
+
+
+def task_bundle():
+    """The int8 bundle per board: <name>.h/.c/.weights.bin/.weights.txt and <name>.o for the board's core."""
+    for board, spec in BOARDS.items():
+        paths, reason = board_paths(board), SKIPS[board].get("bundle_object")
+        task = {
+            "name": board,
+            "actions": [stage("quantize:bundle_stage", backend=BACKEND, onnx_path=ONNX, profile_path=TUNED,
+                              board=spec, out_dir=paths["bundle"], network=NAME)],
+            "file_dep": [str(ONNX), str(TUNED), f"boards/{board}.toml"] + BUNDLE_CODE,
+            "targets": bundle_files(board) + ([] if reason else [str(paths["object"])]),
+            "uptodate": [keys({"board": spec, "name": NAME, "backend": BACKEND, "skipped": reason})],
+            "clean": True,
+        }
+        record = paths["skipped"] / "bundle_object.txt"
+        if reason:  # sources, header and weights are built; only the object waits for the toolchain
+            yield {**task, "actions": task["actions"] + skipped_task(record, reason)["actions"],
+                   "targets": task["targets"] + [str(record)]}
+        else:
+            yield runnable(record, task)
+
+
+def task_image_inc():
+    """input_image_test.inc: the chosen test image as the firmware's float input bytes."""
+    for board in BOARDS:
+        yield {
+            "name": board,
+            "actions": [stage("quantize:image_inc_stage", data_dir=DATA, out_path=board_paths(board)["inc"],
+                              class_name=QUANT["test_image_class"], index=QUANT["test_image_index"])],
+            "file_dep": TEST_SPLIT + code("quantize", "image_inc", "shapes"),
+            "targets": [str(board_paths(board)["inc"])],
+            "uptodate": [keys(subset(CONFIG, "quantization.test_image_class", "quantization.test_image_index"))],
+            "clean": True,
+        }
+
+
+def task_main_c():
+    """main.c rendered from mcux_app/main.c.j2: the app note's patched SDK example, done by the graph."""
+    for board, spec in BOARDS.items():
+        paths, hardening = board_paths(board), CONFIG["firmware"]["hardening"].get(board)
+        yield {
+            "name": board,
+            "actions": [stage("firmware:main_c_stage", board=spec, data_dir=DATA, bundle_dir=paths["bundle"],
+                              source_dir=paths["source"], network=NAME, hardening=hardening)],
+            "file_dep": [str(paths["header"]), str(paths["inc"]), str(DATA / "classes.json")] + APP_FILES
+                        + code("firmware", "hardening"),
+            "targets": [str(paths["main_c"])],
+            "uptodate": [keys({"name": NAME, "hardening": hardening, "description": spec["description"]})],
+            "clean": True,
+        }
+
+
+def task_firmware():
+    """The firmware ELF: bare-metal RAM build with a semihosting console (Arm), or xt-clang (HiFi4)."""
+    for board, spec in BOARDS.items():
+        paths, reason = board_paths(board), SKIPS[board].get("firmware")
+        record = paths["skipped"] / "firmware.txt"
+        deps = [str(paths["main_c"]), str(paths["inc"]), f"boards/{board}.toml"] + bundle_files(board) \
+            + APP_FILES + code("firmware")
+        if reason:
+            yield skipped_task(record, reason, name=board, file_dep=deps)
+            continue
+        hardening = CONFIG["firmware"]["hardening"].get(board)
+        yield runnable(record, {
+            "name": board,
+            "actions": [stage("firmware:build_firmware", board=spec, main_c=paths["main_c"],
+                              bundle_dir=paths["bundle"], network=NAME, out_dir=paths["root"],
+                              hardening=bool(hardening))],
+            "file_dep": deps + [str(paths["object"])],
+            "targets": [str(p) for p in firmware_targets(spec, paths["root"])],
+            "uptodate": [keys({"board": spec, "hardening": bool(hardening)})],
+            "clean": True,
+        })
+
+
+def task_emulate():
+    """Run the firmware under QEMU (-icount): instructions per inference, checked against the host bundle."""
+    for board, spec in BOARDS.items():
+        paths = board_paths(board)
+        record = paths["skipped"] / "emulate.txt"
+        reason = SKIPS[board].get("emulate") or SKIPS[board].get("firmware")
+        if reason:
+            yield skipped_task(record, reason, name=board)
+            continue
+        elf = paths["root"] / ("emulator" if needs_emulator_link(spec) else "") / "firmware.elf"
+        settings = subset(CONFIG, "firmware.emulator_images", "firmware.emulator_timeout", "project.name")
+        hardening = CONFIG["firmware"]["hardening"].get(board)
+        yield runnable(record, {
+            "name": board,
+            "actions": [stage("firmware:emulate_stage", board=spec, data_dir=DATA,
+                              count=CONFIG["firmware"]["emulator_images"], elf=elf, bundle_dir=paths["bundle"],
+                              image_inc=paths["inc"], out_dir=paths["root"], network=NAME,
+                              timeout=CONFIG["firmware"]["emulator_timeout"], hardening=hardening)],
+            "file_dep": [str(elf), str(paths["inc"])] + bundle_files(board) + TEST_SPLIT + code("firmware"),
+            "targets": [str(paths["root"] / "emulator.log"), str(paths["root"] / "emulator.json")],
+            "uptodate": [keys({**settings, "hardening": hardening})],
+            "clean": True,
+        })
+
+
+def sdk_builds(step: str, function: str, out: str, elf: str):
+    """zephyr:<board> and mcux_sdk:<board>: the same app built by the vendor flows when the user has them."""
+    for board, spec in BOARDS.items():
+        paths = board_paths(board)
+        record = paths["skipped"] / f"{step}.txt"
+        deps = [str(paths["main_c"]), str(paths["inc"])] + bundle_files(board)
+        if SKIPS[board].get(step):
+            yield skipped_task(record, SKIPS[board][step], name=board, file_dep=deps)
+            continue
+        out_dir = paths["root"] / out
+        kwargs = {"build_dir" if step == "zephyr" else "out_dir": out_dir}
+        yield runnable(record, {
+            "name": board,
+            "actions": [stage(f"firmware:{function}", board=spec, source_dir=paths["source"],
+                              bundle_dir=paths["bundle"], network=NAME,
+                              hardening=bool(CONFIG["firmware"]["hardening"].get(board)), **kwargs)],
+            "file_dep": deps + [str(paths["object"])],
+            "targets": [str(out_dir / elf)],
+            "uptodate": [keys({"board": spec})],
+        })
+
+
+def task_zephyr():
+    """West build of zephyr_app/ for the board's Zephyr target (needs ZEPHYR_BASE)."""
+    yield from sdk_builds("zephyr", "zephyr_build", "zephyr", "zephyr/zephyr.elf")
+
+
+def task_mcux_sdk():
+    """MCUXpresso SDK armgcc build of the same app (needs MCUX_SDK_ROOT)."""
+    yield from sdk_builds("mcux_sdk", "mcux_sdk_build", "mcux", "build/firmware.elf")
+
+
+def task_int8_predictions():
+    """The int8 bundle's top-1 on the validation images used for engine parity."""
+    return {
+        "actions": [stage("quantize:int8_predictions_stage", onnx_path=ONNX, profile_path=TUNED, data_dir=DATA,
+                          split="val", max_images=CONFIG["evaluation"]["parity_images"], out_path=INT8_VAL,
+                          network=NAME)],
+        "file_dep": [str(ONNX), str(TUNED), str(DATA / "val_images.npy"), str(DATA / "val_labels.npy")] + BUNDLE_CODE,
+        "targets": [str(INT8_VAL)],
+        "uptodate": [keys(subset(CONFIG, "evaluation.parity_images", "project.name"))],
+        "clean": True,
+    }
+
+
+def task_hardening():
+    """Confidence hardening (round / noise / pseudo_noise_sin) evaluated on the test split, with a plot."""
+    options = CONFIG["evaluation"]["hardening_options"]
+    return {
+        "actions": [stage("hardening:run_stage", pth_path=PTH, channels=CONFIG["model"]["channels"], data_dir=DATA,
+                          out_dir=REPORTS / "hardening", options=options)],
+        "file_dep": [str(PTH)] + TEST_SPLIT + code("hardening", "evaluation", "model", "shapes"),
+        "targets": [str(REPORTS / "hardening" / f) for f in EVALUATIONS["hardening"]],
+        "uptodate": [keys({"options": options, **subset(CONFIG, "model.channels")})],
+        "clean": True,
+    }
+
+
+def task_robustness():
+    """Input-transformation voting, clean and under FGSM, with a plot."""
+    evaluation = CONFIG["evaluation"]
+    return {
+        "actions": [stage("robustness:run_stage", pth_path=PTH, channels=CONFIG["model"]["channels"], data_dir=DATA,
+                          out_dir=REPORTS / "robustness", transforms=evaluation["robustness_transforms"],
+                          epsilons=evaluation["fgsm_epsilons"], max_images=evaluation["robustness_images"])],
+        "file_dep": [str(PTH)] + TEST_SPLIT + code("robustness", "evaluation", "model", "shapes"),
+        "targets": [str(REPORTS / "robustness" / f) for f in EVALUATIONS["robustness"]],
+        "uptodate": [keys(subset(CONFIG, "evaluation.robustness_transforms", "evaluation.fgsm_epsilons",
+                                 "evaluation.robustness_images", "model.channels"))],
+        "clean": True,
+    }
+
+
+def task_parity():
+    """PyTorch vs ONNX Runtime vs OpenCV DNN on the validation images, and the int8 bundle against each."""
+    return {
+        "actions": [stage("parity:run_stage", pth_path=PTH, channels=CONFIG["model"]["channels"], onnx_path=ONNX,
+                          data_dir=DATA, out_dir=REPORTS / "parity", max_images=CONFIG["evaluation"]["parity_images"],
+                          int8_predictions_path=INT8_VAL)],
+        "file_dep": [str(PTH), str(ONNX), str(INT8_VAL), str(DATA / "val_images.npy"), str(DATA / "val_labels.npy")]
+                    + code("parity", "evaluation", "model", "shapes"),
+        "targets": [str(REPORTS / "parity" / f) for f in EVALUATIONS["parity"]],
+        "uptodate": [keys(subset(CONFIG, "evaluation.parity_images", "model.channels"))],
+        "clean": True,
+    }
+
+
+def board_outputs(board: str) -> list[str]:
+    """What the report and the release read of a board: what its steps made, or their skip records."""
+    paths, skips = board_paths(board), SKIPS[board]
+    files = bundle_files(board) + [str(paths["inc"]), str(paths["main_c"])]
+    files += [str(paths["skipped"] / f"{step}.txt") for step in skips]
+    if "bundle_object" not in skips:
+        files.append(str(paths["object"]))
+    if "firmware" not in skips:
+        files.append(str(paths["root"] / "firmware.elf"))
+        if "emulate" not in skips:
+            files += [str(paths["root"] / "emulator.log"), str(paths["root"] / "emulator.json")]
+    return files
+
+
+def task_report():
+    """build/report.md: per board the app note's table beside ours, accuracy, evaluations and plots."""
+    sections = {"Confidence hardening": REPORTS / "hardening" / "hardening.md",
+                "Input-transformation voting and FGSM": REPORTS / "robustness" / "robustness.md",
+                "Engine parity": REPORTS / "parity" / "parity.md"}
+    figures = {"Training curves": MODEL / "training.png",
+               "Confidence hardening": REPORTS / "hardening" / "hardening.png",
+               "Robustness": REPORTS / "robustness" / "robustness.png"}
+    out = BUILD / "report.md"
+    return {
+        "actions": [stage("report:report_stage", out_path=out, build_dir=BUILD, boards=list(BOARDS.values()),
+                          network=NAME, backend=BACKEND, macs=count_macs(tuple(CONFIG["model"]["channels"])),
+                          accuracy_files={"deployed": ACCURACY, "training": MODEL / "metrics.json"},
+                          sections=sections, figures=figures)],
+        "file_dep": [f for board in BOARDS for f in board_outputs(board)] + [str(ACCURACY), str(MODEL / "metrics.json")]
+                    + [str(p) for p in (*sections.values(), *figures.values())] + code("report"),
+        "targets": [str(out)],
+        "uptodate": [keys({"backend": BACKEND, "boards": list(BOARDS)})],
+        "clean": True,
+    }
+
+
+def release_files() -> dict:
+    """{name inside the archive: file} of every deliverable that was built."""
+    files = {f"model/{Path(p).name}": p for p in (PTH, ONNX, MODEL / "metrics.json", MODEL / "training.png",
+                                                   MODEL / "test_data_set_0" / "input_0.pb",
+                                                   MODEL / "test_data_set_0" / "output_0.pb")}
+    files.update({"model/test_data_set_0/input_0.pb": files.pop("model/input_0.pb"),
+                  "model/test_data_set_0/output_0.pb": files.pop("model/output_0.pb")})
+    files.update({f"quant/{p.name}": p for p in (PROFILE, TUNED, ACCURACY)})
+    files["report.md"] = BUILD / "report.md"
+    for board in BOARDS:
+        for path in board_outputs(board):
+            if "/skipped/" not in path and not path.endswith(".log"):
+                files[str(Path(path).relative_to(BUILD))] = path
+    return {name: str(path) for name, path in files.items()}
+
+
+def task_release():
+    """build/release/<name>-<version>.tar.gz: every deliverable plus MANIFEST.json (digests, config, tools)."""
+    files = release_files()
+    version = CONFIG["project"]["version"]
+    archive = BUILD / "release" / f"{NAME}-{version}.tar.gz"
+    skipped = {f"{step}:{board}": reason for board, steps in SKIPS.items() for step, reason in steps.items()}
+    return {
+        "actions": [stage("release:make_release", files=files, out_path=archive, name=NAME, version=version,
+                          config=CONFIG, repo_dir=configuration.ROOT, skipped=skipped)],
+        "file_dep": sorted(files.values()) + code("release", "provenance"),
+        "targets": [str(archive)],
+        "uptodate": [keys({"config": CONFIG, "skipped": skipped})],
+        "clean": True,
+    }
+
+
+def task_verify_release():
+    """Re-hash the release archive against its MANIFEST.json; fails naming any file that differs."""
+    archive = BUILD / "release" / f"{NAME}-{CONFIG['project']['version']}.tar.gz"
+    return {"actions": [stage("release:verify_release", path=archive)], "file_dep": [str(archive)],
+            "uptodate": [False]}
+
+
+def task_cache_key():
+    """Print the cache keys of the entries in the step cache (PIPELINE_CACHE_DIR), for keying a CI cache."""
+    return {"actions": [f"{sys.executable} -m pipeline.cache keys"], "uptodate": [False], "verbosity": 2}

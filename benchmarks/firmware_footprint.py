@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 from pipeline import bundle, firmware, profile  # noqa: E402
 from pipeline.config import load_board  # noqa: E402
 from pipeline.image_inc import write_image_inc  # noqa: E402
-from pipeline.model import INPUT_SHAPE, CifarNet, count_macs  # noqa: E402
+from pipeline.model import CifarNet  # noqa: E402
+from pipeline.shapes import INPUT_SHAPE, count_macs  # noqa: E402
 from pipeline.report import APP_NOTE  # noqa: E402
 
 LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

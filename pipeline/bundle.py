@@ -6,7 +6,6 @@ output placeholders at <NAME>_<placeholder> offsets, `activations` the scratch, 
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,10 +57,21 @@ def _tensor_bytes(qm, tensor) -> int:
 
 def _scratch_bytes(op, qm) -> int:
     if op.kind == "conv":
-        return 2 * 2 * op.weight.shape[1]  # two int16 im2col columns
+        return 2 * 2 * _row_length(op)  # two int16 im2col columns
     if op.kind == "fc":
         return 2 * op.weight.shape[1]
     return 0
+
+
+def _row_length(op) -> int:
+    """Conv weight rows are zero-padded to a multiple of 4 so the DSP loop needs no tail."""
+    return (op.weight.shape[1] + 3) // 4 * 4 if op.kind == "conv" else op.weight.shape[1]
+
+
+def _weight_rows(op) -> np.ndarray:
+    rows = np.zeros((op.weight.shape[0], _row_length(op)), np.int8)
+    rows[:, :op.weight.shape[1]] = op.weight
+    return int8_graph.sxtb16_order(rows)
 
 
 def plan_memory(qm: int8_graph.QuantModel) -> Plan:
@@ -69,7 +79,7 @@ def plan_memory(qm: int8_graph.QuantModel) -> Plan:
     constant, const_offsets = bytearray(), {}
     for i, op in enumerate(qm.ops):
         if op.kind in ("conv", "fc"):
-            for part, data in (("weight", int8_graph.sxtb16_order(op.weight).tobytes()),
+            for part, data in (("weight", _weight_rows(op).tobytes()),
                                ("bias", op.bias.astype("<i4").tobytes())):
                 const_offsets[(i, part)] = len(constant)
                 constant += data + bytes(_align(len(data)) - len(data))
@@ -266,7 +276,7 @@ def generate_sources(onnx_path, profile_path, network_name: str = "cifar") -> di
             f"{network_name}.weights.txt": weights_text(plan.constant).encode()}
 
 
-def _compiler(board: dict) -> tuple:
+def require_compiler(board: dict) -> tuple:
     """(C compiler, partial linker) for the board's toolchain; Skipped when it is not installed."""
     if board["toolchain"] == "arm-none-eabi":
         cc = find_tool("arm-none-eabi-gcc", "ARM_TOOLCHAIN_BIN")
@@ -293,7 +303,7 @@ def compile_object(sources_dir, board: dict, network_name: str = "cifar", target
     firmware links only that object. Deterministic: relative file names, no debug info, fixed order."""
     sources_dir = Path(sources_dir)
     target = Path(target) if target else sources_dir / f"{network_name}.o"
-    cc, ld = _compiler(board)
+    cc, ld = require_compiler(board)
     hint = ARM_INSTALL_HINT if board["toolchain"] == "arm-none-eabi" else XTENSA_HINT
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -372,7 +382,7 @@ def evaluate_bundle(onnx_path, bundle_dir, images: np.ndarray, labels: np.ndarra
     """Float (ONNX Runtime) vs deployed int8 (host-compiled bundle) top-1 accuracy on uint8 NHWC images."""
     import onnxruntime
 
-    from pipeline.model import to_input
+    from pipeline.shapes import to_input
 
     inputs, labels = to_input(images), np.asarray(labels)
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

@@ -88,8 +88,21 @@ SCHEMA = {
     },
     "firmware": {
         "boards": Key(["rt1060", "rt685_m33", "rt685_hifi4"], list),
+        "hardening": Key({}, dict, help="per board, a confidence-hardening option added to main.c after softmax, "
+                                         "e.g. rt1060 = { method = \"round\", step = 0.05 }; off by default"),
         "emulator_images": Key(5, int, minimum=1, help="test images run through the firmware under QEMU"),
         "emulator_timeout": Key(120.0, float, above=0.0, help="seconds before an emulator run counts as hung"),
+    },
+    "evaluation": {
+        "hardening_options": Key([{"method": "round", "step": 0.05}, {"method": "round", "step": 0.25},
+                                  {"method": "noise", "range": 0.1, "seed": 1}, {"method": "pseudo_noise_sin"}],
+                                 list, help="confidence-hardening options evaluated on the test split"),
+        "robustness_images": Key(1000, int, minimum=0, help="test images for the robustness evaluation; 0 = all"),
+        "robustness_transforms": Key([{"kind": "rotate", "degrees": 8}, {"kind": "rotate", "degrees": -8},
+                                      {"kind": "blur", "radius": 0.6}, {"kind": "noise", "sigma": 6, "seed": 0},
+                                      {"kind": "jpeg", "quality": 60}], list),
+        "fgsm_epsilons": Key([1, 2, 4, 8], list, help="FGSM strengths in pixel levels (0..255)"),
+        "parity_images": Key(0, int, minimum=0, help="validation images for engine parity; 0 = all"),
     },
 }
 
@@ -154,6 +167,21 @@ def _check_lists(cfg: dict, origin: str) -> None:
         raise ConfigError(f"{origin}: model.channels = {channels!r}: expected four positive integers, "
                           f"e.g. [32, 32, 64, 128]")
     valid = available_boards()
+    from pipeline.hardening import parse_option
+
+    for board, option in cfg["firmware"]["hardening"].items():
+        if board not in valid:
+            raise ConfigError(f"{origin}: firmware.hardening has unknown board {board!r}; valid boards: "
+                              f"{', '.join(valid)}")
+        try:
+            parse_option(option, where=f"{origin}: firmware.hardening.{board}")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    for i, option in enumerate(cfg["evaluation"]["hardening_options"]):
+        try:
+            parse_option(option, where=f"{origin}: evaluation.hardening_options[{i}]")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     for board in cfg["firmware"]["boards"]:
         if board not in valid:
             raise ConfigError(f"{origin}: firmware.boards has unknown board {board!r}; valid boards: "

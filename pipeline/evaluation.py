@@ -3,27 +3,28 @@ class-balanced subsets for stages that look at only part of a split."""
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from pipeline.model import CifarNet, to_input
+from pipeline.shapes import to_input
 
 
-def load_model(pth_path, channels=(32, 32, 64, 128)) -> CifarNet:
-    """CifarNet in eval mode with the weights of `pth_path` (a state_dict, as training saves it)."""
+def load_model(pth_path, channels=(32, 32, 64, 128), num_classes: int = 10):
+    """CifarNet in eval mode with the weights of `pth_path` (a state_dict, as training saves it); a file that
+    is missing, unreadable or made for another network shape is a clear error."""
+    from pipeline.model import CifarNet
+    from pipeline.train import load_state
+
     pth_path = Path(pth_path)
     if not pth_path.is_file():
         raise FileNotFoundError(f"model weights {pth_path} do not exist; run the training task first (doit train)")
-    model = CifarNet(channels=tuple(channels))
-    try:
-        model.load_state_dict(torch.load(pth_path, map_location="cpu", weights_only=True))
-    except RuntimeError as err:
-        raise ValueError(f"{pth_path}: weights do not fit CifarNet(channels={tuple(channels)}); set model.channels "
-                         f"to the widths it was trained with ({str(err).splitlines()[0]})") from None
+    model = CifarNet(channels=tuple(channels), num_classes=num_classes)
+    load_state(model, pth_path)
     return model.eval()
 
 
-def torch_logits(model: torch.nn.Module, images, batch_size: int = 256) -> np.ndarray:
-    """Float32 logits (N, classes) of uint8 NHWC images."""
+def torch_logits(model, images, batch_size: int = 256) -> np.ndarray:
+    """Float32 logits (N, classes) of uint8 NHWC images, from a torch module."""
+    import torch
+
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):

@@ -14,20 +14,15 @@ from onnx import numpy_helper
 
 from pipeline import atomic
 from pipeline.dataset import load_classes, load_split
-from pipeline.model import INPUT_SHAPE, CifarNet, to_input
-from pipeline.train import load_state
+from pipeline.model import CifarNet
+from pipeline.shapes import INPUT_SHAPE, to_input
+from pipeline.evaluation import load_model
 
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 
 class ExportMismatch(RuntimeError):
     """ONNX Runtime disagrees with PyTorch beyond the tolerance."""
-
-
-def load_model(pth, channels, num_classes: int) -> CifarNet:
-    model = CifarNet(tuple(channels), num_classes=num_classes)
-    load_state(model, pth)
-    return model.eval()
 
 
 def onnx_bytes(model: CifarNet, opset: int) -> bytes:

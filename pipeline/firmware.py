@@ -25,7 +25,7 @@ from pipeline.atomic import atomic_path, write_bytes, write_text
 from pipeline import hardening as hardening_c
 from pipeline.bundle import ARM_INSTALL_HINT, build_host_runner, run_host_bundle
 from pipeline.evaluation import softmax
-from pipeline.model import to_input
+from pipeline.shapes import INPUT_SHAPE, to_input
 from pipeline.tools import Skipped, ToolError, find_tool, run_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,6 +138,47 @@ def render_linker_script(out_path, board: dict, for_emulator: bool = False) -> P
 
 
 # ------------------------------------------------------------------------------------------------ compile, link
+# The require_* checks raise Skipped with the reason and the variable to set; they are cheap, so the build
+# graph calls them when it is declared and the runners call them again before running.
+def require_toolchain(board: dict) -> str:
+    """The board's C compiler (arm-none-eabi-gcc, or xt-clang with XTENSA_SYSTEM set for Xtensa boards)."""
+    if board["toolchain"] == "xtensa":
+        xt_clang = find_tool("xt-clang", "XTENSA_TOOLS")
+        if xt_clang is None or not os.environ.get("XTENSA_SYSTEM"):
+            raise Skipped(f"no Xtensa toolchain for {board['name']} (set XTENSA_TOOLS to the folder of xt-clang and "
+                          f"XTENSA_SYSTEM to the core registry holding {board['xtensa']['core']})")
+        return xt_clang
+    return _arm_tool(board, "gcc")
+
+
+def require_emulator(board: dict) -> None:
+    if "emulator" not in board:
+        raise Skipped(f"board {board['name']} has no [emulator] in boards/{board['name']}.toml (no emulator "
+                      f"runs its core)")
+    if find_tool("qemu-system-arm", "QEMU_BIN") is None:
+        raise Skipped(f"qemu-system-arm not found (set QEMU_BIN to its folder or {QEMU_HINT})")
+
+
+def require_mcux_sdk(board: dict, environ=None) -> None:
+    environ = os.environ if environ is None else environ
+    if "mcux" not in board or board["toolchain"] != "arm-none-eabi":
+        raise Skipped(f"board {board['name']} has no MCUXpresso SDK armgcc flow in boards/{board['name']}.toml")
+    if not environ.get("MCUX_SDK_ROOT"):
+        raise Skipped("MCUX_SDK_ROOT is not set (set it to an unpacked MCUXpresso SDK for "
+                      f"{board['mcux']['board_dir']}, and ARMGCC_DIR to the Arm GNU toolchain, e.g. /usr)")
+    if shutil.which("cmake") is None:
+        raise Skipped("cmake not found (apt-get install cmake) for the MCUXpresso SDK armgcc build")
+
+
+def require_zephyr(board: dict, environ=None) -> None:
+    environ = os.environ if environ is None else environ
+    if not environ.get("ZEPHYR_BASE"):
+        raise Skipped(f"ZEPHYR_BASE is not set (set it to a Zephyr tree, with west installed, to build "
+                      f"{board['zephyr']['target']})")
+    if shutil.which("west", path=environ.get("PATH")) is None:
+        raise Skipped("west not found on PATH (pip install west) for the Zephyr build")
+
+
 def _arm_tool(board: dict, tool: str) -> str:
     if board["toolchain"] != "arm-none-eabi":
         raise Skipped(f"board {board['name']} uses the {board['toolchain']} toolchain; the bare-metal Arm build "
@@ -292,10 +333,7 @@ def run_emulator(board: dict, elf, images_file=None, timeout: float = 120.0) -> 
 
     Raises FirmwareError when it runs longer than `timeout` seconds (a hang), exits non-zero (a fault prints
     which exception) or does not finish with "Done"."""
-    if "emulator" not in board:
-        raise Skipped(f"board {board['name']} has no [emulator] in boards/{board['name']}.toml")
-    if find_tool("qemu-system-arm", "QEMU_BIN") is None:
-        raise Skipped(f"qemu-system-arm not found (set QEMU_BIN to its folder or {QEMU_HINT})")
+    require_emulator(board)
     elf = Path(elf).resolve()
     images_file = Path(images_file).resolve() if images_file else None
     cmd = emulator_command(board, elf, images_file.name if images_file else None)
@@ -392,10 +430,7 @@ def xtensa_build_command(board: dict, *, xt_clang: str, xtensa_system: str, main
 def build_xtensa_firmware(board: dict, *, main_c, bundle_dir, network: str, out_dir, hardening: bool = False) -> Path:
     """Build out_dir/firmware.elf with xt-clang; Skipped (no file written) unless XTENSA_SYSTEM is set and xt-clang
     is found in XTENSA_TOOLS or on PATH."""
-    xt_clang = find_tool("xt-clang", "XTENSA_TOOLS")
-    if xt_clang is None or not os.environ.get("XTENSA_SYSTEM"):
-        raise Skipped(f"no Xtensa toolchain for {board['name']} (set XTENSA_TOOLS to the folder of xt-clang and "
-                      f"XTENSA_SYSTEM to the core registry holding {board['xtensa']['core']})")
+    xt_clang = require_toolchain(board)
     out_elf = Path(out_dir) / "firmware.elf"
     with atomic_path(out_elf) as tmp:
         run_tool(xtensa_build_command(board, xt_clang=xt_clang, xtensa_system=os.environ["XTENSA_SYSTEM"],
@@ -431,13 +466,7 @@ def mcux_sdk_build(board: dict, *, source_dir, bundle_dir, network: str, out_dir
     """Build through the MCUXpresso SDK (MCUX_SDK_ROOT; ARMGCC_DIR, default /usr): writes
     out_dir/CMakeLists.txt, builds in out_dir/build and returns the ELF. Skipped without MCUX_SDK_ROOT."""
     environ = os.environ if environ is None else environ
-    if "mcux" not in board or board["toolchain"] != "arm-none-eabi":
-        raise Skipped(f"board {board['name']} has no MCUXpresso SDK armgcc flow in boards/{board['name']}.toml")
-    if not environ.get("MCUX_SDK_ROOT"):
-        raise Skipped("MCUX_SDK_ROOT is not set (set it to an unpacked MCUXpresso SDK for "
-                      f"{board['mcux']['board_dir']}, and ARMGCC_DIR to the Arm GNU toolchain, e.g. /usr)")
-    if shutil.which("cmake") is None:
-        raise Skipped("cmake not found (apt-get install cmake) for the MCUXpresso SDK armgcc build")
+    require_mcux_sdk(board, environ)
     out_dir = Path(out_dir)
     render_mcux_cmake(out_dir / "CMakeLists.txt", board, network, hardening)
     env = {**environ, "ARMGCC_DIR": environ.get("ARMGCC_DIR", "/usr")}
@@ -464,11 +493,7 @@ def zephyr_build(board: dict, *, build_dir, source_dir, bundle_dir, network: str
                  environ=None) -> Path:
     """Run west build for the board (returns build_dir/zephyr/zephyr.elf); Skipped without ZEPHYR_BASE or west."""
     environ = os.environ if environ is None else environ
-    if not environ.get("ZEPHYR_BASE"):
-        raise Skipped(f"ZEPHYR_BASE is not set (set it to a Zephyr tree, with west installed, to build "
-                      f"{board['zephyr']['target']})")
-    if shutil.which("west", path=environ.get("PATH")) is None:
-        raise Skipped("west not found on PATH (pip install west) for the Zephyr build")
+    require_zephyr(board, environ)
     cmd, extra = zephyr_build_command(board, build_dir=build_dir, source_dir=source_dir, bundle_dir=bundle_dir,
                                       network=network, hardening=hardening)
     _run_with_env(cmd, {**environ, **extra}, "see https://docs.zephyrproject.org/latest/develop/getting_started/")
@@ -495,6 +520,16 @@ def firmware_stage(board: dict, *, bundle_dir, source_dir, out_dir, network: str
                           hardening=bool(hardening))
 
 
+def main_c_stage(board: dict, *, data_dir, bundle_dir, source_dir, network: str, hardening: dict | None = None):
+    """<source_dir>/main.c for the board, with the dataset's class names as labels."""
+    from pipeline.dataset import load_classes
+
+    render_main_c(Path(source_dir) / "main.c", network=network, labels=load_classes(data_dir),
+                  description=board["description"], header_path=Path(bundle_dir) / f"{network}.h",
+                  image_inc_path=Path(source_dir) / "input_image_test.inc",
+                  input_bytes=4 * int(np.prod(INPUT_SHAPE)), hardening=hardening)
+
+
 def firmware_targets(board: dict, out_dir) -> list[Path]:
     """The files firmware_stage writes under out_dir (besides main.c), for doit's targets."""
     out_dir = Path(out_dir)
@@ -506,15 +541,26 @@ def firmware_targets(board: dict, out_dir) -> list[Path]:
     return targets
 
 
+def emulate_stage(board: dict, *, data_dir, count: int, elf, bundle_dir, image_inc, out_dir, network: str,
+                  timeout: float, hardening: dict | None = None) -> dict:
+    """emulation_stage on the built-in test image and the first `count - 1` test images (one per class first)."""
+    from pipeline.dataset import load_classes, load_split
+    from pipeline.evaluation import balanced_subset
+
+    images, labels = load_split(data_dir, "test")
+    keep = balanced_subset(labels, count - 1) if count > 1 else np.array([], dtype=int)
+    emulation_stage(board, elf=elf, bundle_dir=bundle_dir, image_inc=image_inc, images=images[keep],
+                    labels=load_classes(data_dir), out_dir=out_dir, network=network, timeout=timeout,
+                    hardening=hardening)
+
+
 def emulation_stage(board: dict, *, elf, bundle_dir, image_inc, images, labels, out_dir, network: str,
                     timeout: float = 120.0, hardening: dict | None = None) -> dict:
     """Run the firmware under emulation on its built-in test image (image_inc) and then `images` (uint8 NHWC,
     e.g. the first few test images), with the host-compiled bundle on the same inputs as the reference.
     Writes out_dir/emulator.log and out_dir/emulator.json; raises FirmwareError on a hang, crash or a wrong
     answer, Skipped when the board has no emulator or QEMU is missing."""
-    if "emulator" not in board:
-        raise Skipped(f"board {board['name']} has no [emulator] in boards/{board['name']}.toml (no emulator "
-                      f"runs its core)")
+    require_emulator(board)
     inputs = np.concatenate([read_image_inc(image_inc)[None], to_input(images).reshape(len(images), -1)])
     with tempfile.TemporaryDirectory() as work:
         runner = build_host_runner(bundle_dir, work, network)

@@ -1,5 +1,6 @@
 """The small vocabulary dodo.py declares tasks with: stage actions, stage code dependencies, config deps."""
 import importlib
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -36,7 +37,7 @@ def _call(target, kwargs):
         if not str(err):
             traceback.print_exc()
         return TaskFailed(f"{type(err).__name__}: {err}")
-    return result if isinstance(result, dict) else None
+    return None  # stages write files; doit needs no return values
 
 
 def stage(target: str, **kwargs):
@@ -49,3 +50,65 @@ def stage(target: str, **kwargs):
 
 def paths(*items) -> list[str]:
     return [str(Path(p)) for p in items]
+
+
+_LOCK = None
+
+
+def hold_build_lock(build_dir) -> None:
+    """One doit at a time per build folder: a second one stops with a clear message instead of racing the first
+    on the same targets. The lock is released by the OS when the process ends, even on a kill."""
+    import fcntl
+
+    global _LOCK
+    path = Path(build_dir) / ".doit.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        sys.exit(f"error: another doit (pid {holder}) is running in this tree and holds {path}; wait for it to "
+                 f"finish, or use a copy of the tree with its own build folder")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _LOCK = handle
+
+
+def skip_reason(check, *args) -> str | None:
+    """Run a cheap tool check (a require_* function) when the graph is declared: the reason a step will be
+    skipped, or None when it can run. Declaring it up front keeps a skipped step's task up to date (no
+    missing targets) until the reason changes, e.g. when the user installs the tool."""
+    from pipeline.tools import Skipped
+
+    try:
+        check(*args)
+    except Skipped as skip:
+        return skip.reason
+    return None
+
+
+def _record_skip(record, reason: str) -> None:
+    from pipeline.atomic import write_text
+
+    print(f"skipped: {reason}", file=sys.stderr)
+    write_text(record, reason + "\n")
+
+
+def _clear_skip(record) -> None:
+    Path(record).unlink(missing_ok=True)
+
+
+def skipped_task(record, reason: str, **task) -> dict:
+    """A task whose step cannot run here: it writes only its skip record (never a stand-in artifact), which
+    the report and the release read."""
+    return {**task, "actions": [(_record_skip, (str(record), reason))], "targets": [str(record)],
+            "uptodate": [keys({"skipped": reason})]}
+
+
+def runnable(record, task: dict) -> dict:
+    """A task that can run: it first removes the skip record an earlier, tool-less run may have left."""
+    return {**task, "actions": [(_clear_skip, (str(record),)), *task["actions"]]}

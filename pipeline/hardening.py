@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import atomic_path, write_text
+from pipeline.config import SCHEMA
 
 F32 = np.float32
-DEFAULT_OPTIONS = [{"method": "round", "step": 0.05}, {"method": "round", "step": 0.25},
-                   {"method": "noise", "range": 0.1, "seed": 1}, {"method": "pseudo_noise_sin"}]
+DEFAULT_OPTIONS = SCHEMA["evaluation"]["hardening_options"].default  # the config schema holds the defaults
 METHODS = {
     # method: (C enum, {parameter: (check, explanation)})
     "round": ("HARDENING_ROUND", {"step": (lambda v: 0 < v <= 1, "a step in (0, 1], e.g. 0.05 or 0.25")}),

@@ -3,7 +3,7 @@ glow_process_image.py (neg1to1, NCHW, RGB, float32 little-endian, "0X%02X, " wit
 import numpy as np
 
 from pipeline.atomic import write_text
-from pipeline.model import to_input
+from pipeline.shapes import to_input
 
 BYTES_PER_LINE = 20
 

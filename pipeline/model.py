@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-INPUT_SHAPE = (1, 3, 32, 32)
+from pipeline.shapes import INPUT_SHAPE
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
@@ -30,21 +30,3 @@ class CifarNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
-
-
-def count_macs(channels=(32, 32, 64, 128), num_classes: int = 10) -> int:
-    """Multiply-accumulates of one inference (conv and linear layers), for per-MAC figures."""
-    side, macs, widths = INPUT_SHAPE[2], 0, [INPUT_SHAPE[1], *channels]
-    for i in range(len(channels)):
-        macs += side * side * widths[i + 1] * widths[i] * 9
-        if i > 0:
-            side //= 2
-    return macs + channels[-1] * side * side * num_classes
-
-
-def to_input(images) -> "numpy.ndarray":
-    """uint8 NHWC RGB images -> float32 NCHW in [-1, 1]: the note's Normalize(0.5, 0.5) and Glow's neg1to1."""
-    import numpy as np
-
-    x = np.asarray(images, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))

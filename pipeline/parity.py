@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.atomic import write_text
 from pipeline.evaluation import balanced_subset, load_model, torch_logits
-from pipeline.model import to_input
+from pipeline.shapes import to_input
 
 OPENCV_PIN = "opencv-python-headless==4.13.0.92"
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline import int8_graph
 from pipeline.atomic import write_text
-from pipeline.model import to_input
+from pipeline.shapes import to_input
 
 HISTOGRAM_BINS = 10  # Glow's default profiling histogram size
 TOOLS_VERSION = "built-in int8 backend"
@@ -37,6 +37,17 @@ class Profile:
 def model_hash(onnx_path) -> int:
     """A stable 64-bit id of the model file (stands in for Glow's GraphPreLowerHash, which we cannot compute)."""
     return int.from_bytes(hashlib.sha256(Path(onnx_path).read_bytes()).digest()[:8], "big")
+
+
+def calibration_indices(labels: np.ndarray, per_class: int = 1) -> np.ndarray:
+    """The first `per_class` images of each class (the note profiles one image per class), in class order."""
+    labels = np.asarray(labels)
+    picked = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]
+    short = [int(c) for c, idx in zip(np.unique(labels), picked) if len(idx) < per_class]
+    if short:
+        raise ValueError(f"classes {short} have fewer than {per_class} calibration images; lower the calibration "
+                         f"count per class in the config or use a larger split")
+    return np.concatenate(picked)
 
 
 def calibrate(graph: int8_graph.Graph, images: np.ndarray, bins: int = HISTOGRAM_BINS) -> list:

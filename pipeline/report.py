@@ -127,3 +127,31 @@ def write_report(out_path, *, network: str, backend: str, macs: int, entries: li
     write_text(out_path, render_report(network=network, backend=backend, macs=macs, entries=entries,
                                        accuracy=accuracy))
     return Path(out_path)
+
+
+def read_skips(folder) -> dict[str, str]:
+    """{step: reason} from the skip records a board's skipped steps left in <build>/<board>/skipped/."""
+    return {p.stem: p.read_text(encoding="utf-8").strip() for p in sorted(Path(folder).glob("skipped/*.txt"))}
+
+
+def report_stage(out_path, *, build_dir, boards: list[dict], network: str, backend: str, macs: int,
+                 accuracy_files: dict[str, str], sections: dict[str, str], figures: dict[str, str]) -> None:
+    """build/report.md from what each board's steps left in build/<board>/ (missing files = skipped steps),
+    the accuracy JSON files, the evaluation summaries (`sections`: {title: markdown file}) and the plots
+    (`figures`: {caption: PNG}, linked relative to the report)."""
+    build_dir, out_path = Path(build_dir), Path(out_path)
+    entries = []
+    for board in boards:
+        folder = build_dir / board["name"]
+        found = lambda path: path if path.is_file() else None  # noqa: E731
+        entries.append(board_entry(board, network, elf=found(folder / "firmware.elf"),
+                                   header=found(folder / "bundle" / f"{network}.h"),
+                                   emulator_json=found(folder / "emulator.json"), skipped=read_skips(folder)))
+    accuracy = {label: read_json(path) for label, path in accuracy_files.items()}
+    text = render_report(network=network, backend=backend, macs=macs, entries=entries, accuracy=accuracy)
+    for title, path in sections.items():
+        text += f"\n## {title}\n\n{Path(path).read_text(encoding='utf-8').strip()}\n"
+    if figures:
+        text += "\n## Figures\n\n" + "".join(
+            f"![{caption}]({Path(path).relative_to(out_path.parent).as_posix()})\n\n" for caption, path in figures.items())
+    write_text(out_path, text)

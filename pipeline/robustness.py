@@ -19,8 +19,9 @@ from PIL import Image, ImageFilter
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, write_text
+from pipeline.config import SCHEMA
 from pipeline.evaluation import balanced_subset, load_model, softmax, torch_logits
-from pipeline.model import to_input
+from pipeline.shapes import to_input
 
 TRANSFORMS = {
     # kind: {parameter: (type, check, explanation)}
@@ -30,10 +31,9 @@ TRANSFORMS = {
               "seed": (int, lambda v: v >= 0, "a non-negative integer")},
     "jpeg": {"quality": (int, lambda v: 1 <= v <= 100, "an integer in [1, 100], e.g. 60")},
 }
-DEFAULT_TRANSFORMS = [{"kind": "rotate", "degrees": 8}, {"kind": "rotate", "degrees": -8},
-                      {"kind": "blur", "radius": 0.6}, {"kind": "noise", "sigma": 6, "seed": 0},
-                      {"kind": "jpeg", "quality": 60}]
-DEFAULT_EPSILONS = [1, 2, 4, 8]
+# The defaults live in the config schema, the one place users see them.
+DEFAULT_TRANSFORMS = SCHEMA["evaluation"]["robustness_transforms"].default
+DEFAULT_EPSILONS = SCHEMA["evaluation"]["fgsm_epsilons"].default
 
 
 def parse_transform(spec, where: str = "transform") -> dict:
@@ -51,6 +51,15 @@ def parse_transform(spec, where: str = "transform") -> dict:
         if isinstance(value, bool) or not isinstance(value, kind) or not check(value):
             raise ValueError(f"{where}: {name} = {value!r} for kind {spec['kind']!r}: expected {meaning}")
     return dict(spec)
+
+
+def parse_epsilons(epsilons, where: str = "epsilons") -> list[int]:
+    """FGSM strengths in pixel levels: integers in [0, 255], so adversarial images stay exact uint8 images."""
+    if not isinstance(epsilons, (list, tuple)) or not all(
+            isinstance(e, int) and not isinstance(e, bool) and 0 <= e <= 255 for e in epsilons):
+        raise ValueError(f"{where} = {epsilons!r}: expected a list of integers in [0, 255] (pixel levels), "
+                         f"e.g. [1, 2, 4, 8]")
+    return sorted({0, *epsilons})
 
 
 def transform_label(spec) -> str:
@@ -116,7 +125,7 @@ def evaluate_robustness(model: torch.nn.Module, images, labels, transforms=DEFAU
     transforms = [parse_transform(t, where=f"transforms[{i}]") for i, t in enumerate(transforms)]
     labels = np.asarray(labels)
     rows = []
-    for epsilon in tqdm(sorted({0, *epsilons}), desc="robustness", unit="epsilon"):
+    for epsilon in tqdm(parse_epsilons(epsilons), desc="robustness", unit="epsilon"):
         attacked = images if epsilon == 0 else fgsm(model, images, labels, epsilon)
         plain = torch_logits(model, attacked)
         copies = [torch_logits(model, apply_transform(attacked, t)) for t in transforms]

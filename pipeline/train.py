@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from pipeline import atomic
 from pipeline.dataset import load_classes, load_split
-from pipeline.model import CifarNet, to_input
+from pipeline.model import CifarNet
+from pipeline.shapes import to_input
 
 EVAL_BATCH = 500
 

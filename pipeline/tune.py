@@ -8,7 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import int8_graph
-from pipeline.model import to_input
+from pipeline.shapes import to_input
 from pipeline.profile import Profile, read_profile, write_profile
 
 # ModelTuner.cpp defaults: -max-iter-per-node=3, -acc-drop-skip=0.05, -target-accuracy=1.0 (the note uses .9).

@@ -11,7 +11,7 @@ import pytest
 
 from tiny_model import export_onnx, synthetic_images, train_tiny_model
 from pipeline import bundle, int8_graph, profile
-from pipeline.model import to_input
+from pipeline.shapes import to_input
 from pipeline.tools import Skipped
 
 BOARDS = Path(__file__).resolve().parents[1] / "boards"
@@ -26,7 +26,7 @@ def board(name):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bundle")
-    export_onnx(train_tiny_model(*synthetic_images(320, seed=1), steps=30), tmp / "m.onnx")
+    export_onnx(train_tiny_model(*synthetic_images(320, seed=1), steps=20), tmp / "m.onnx")
     calib, _ = synthetic_images(10, seed=11)
     profile.make_profile(tmp / "m.onnx", calib, tmp / "profile.yml")
     files = bundle.generate_sources(tmp / "m.onnx", tmp / "profile.yml")
@@ -163,3 +163,51 @@ def test_make_bundle_is_deterministic(built, tmp_path):
         outputs.append({p.name: p.read_bytes() for p in sorted((tmp_path / run / "bundle").iterdir())})
     assert outputs[0] == outputs[1]
     assert sorted(outputs[0]) == ["cifar.c", "cifar.h", "cifar.o", "cifar.weights.bin", "cifar.weights.txt"]
+
+
+def _export_odd_model(path, softmax: bool):
+    """Odd channel and pixel counts, K not a multiple of 4, a strided conv without ReLU, a residual Add,
+    a padded MaxPool and optionally Softmax: the kernels' edge paths."""
+    import torch
+
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1)
+            self.b = torch.nn.Conv2d(5, 5, 1)
+            self.c = torch.nn.Conv2d(5, 5, 3, padding=1)
+            self.pool = torch.nn.MaxPool2d(3, stride=2, padding=1)
+            self.fc = torch.nn.Linear(5 * 5 * 5, 7)
+
+        def forward(self, x):
+            y = self.a(x)
+            y = torch.relu(self.b(y) + self.c(y))
+            y = self.fc(torch.flatten(self.pool(y), 1))
+            return torch.softmax(y, dim=1) if softmax else y
+
+    torch.manual_seed(3)
+    model = Odd().eval()
+    torch.onnx.export(model, torch.zeros(1, 3, 17, 17), str(path), input_names=["input"], output_names=["output"],
+                      opset_version=13, dynamo=False)
+
+
+@needs_gcc
+@pytest.mark.parametrize("softmax", [False, True], ids=["logits", "softmax"])
+def test_odd_shapes_add_and_softmax(tmp_path, softmax):
+    _export_odd_model(tmp_path / "odd.onnx", softmax)
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (40, 17, 17, 3), dtype=np.uint8)
+    profile.make_profile(tmp_path / "odd.onnx", images[:8], tmp_path / "profile.yml")
+    graph = int8_graph.load_graph(tmp_path / "odd.onnx")
+    assert {op.kind for op in graph.ops} >= {"conv", "add", "relu", "maxpool", "flatten", "fc"}
+    for name, data in bundle.generate_sources(tmp_path / "odd.onnx", tmp_path / "profile.yml").items():
+        (tmp_path / name).write_bytes(data)
+    qm = int8_graph.quantize_graph(graph, profile.read_profile(tmp_path / "profile.yml").ranges())
+    expected = int8_graph.run_int8(qm, to_input(images))
+    for dsp_shim in (False, True):
+        runner = bundle.build_host_runner(tmp_path, tmp_path / "host", dsp_shim=dsp_shim)
+        got = bundle.run_host_bundle(runner, tmp_path / "cifar.weights.bin", to_input(images), tmp_path / "host")
+        if softmax:  # expf vs NumPy's exp: the same logits, last-bit differences
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(got, expected)

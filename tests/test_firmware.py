@@ -15,7 +15,7 @@ from pipeline.config import load_board
 from pipeline.hardening import harden
 from pipeline.image_inc import write_image_inc
 from pipeline.evaluation import softmax
-from pipeline.model import INPUT_SHAPE, to_input
+from pipeline.shapes import INPUT_SHAPE, to_input
 from pipeline.tools import Skipped
 from tiny_model import export_onnx, synthetic_images, train_tiny_model
 

@@ -1,5 +1,4 @@
 """Glow backend: detection and the app note's command lines (Glow itself is not installed here)."""
-import os
 import stat
 import tomllib
 from pathlib import Path

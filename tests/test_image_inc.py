@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline import image_inc
-from pipeline.model import to_input
+from pipeline.shapes import to_input
 
 
 def test_inc_format_and_round_trip(tmp_path):

@@ -6,7 +6,7 @@ from onnx import TensorProto, helper
 
 from tiny_model import export_onnx, synthetic_images, train_tiny_model
 from pipeline import int8_graph
-from pipeline.model import to_input
+from pipeline.shapes import to_input
 
 
 def onnxruntime_outputs(onnx_path, inputs):
@@ -19,7 +19,7 @@ def onnxruntime_outputs(onnx_path, inputs):
 @pytest.fixture(scope="module")
 def small_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "small.onnx"
-    export_onnx(train_single_op_model(*synthetic_images(320, seed=1), steps=60), path)
+    export_onnx(train_tiny_model(*synthetic_images(320, seed=1), steps=20), path)
     return path
 
 

@@ -7,7 +7,7 @@ import yaml
 
 from tiny_model import export_onnx, synthetic_images, train_tiny_model
 from pipeline import int8_graph, profile
-from pipeline.model import to_input
+from pipeline.shapes import to_input
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +82,11 @@ def test_missing_entry_is_reported_when_quantizing(made, tmp_path):
     del ranges["input:0"]
     with pytest.raises(ValueError, match=r"my\.yml.*'input:0'"):
         int8_graph.quantize_graph(graph, ranges, source="my.yml")
+
+
+def test_calibration_indices_pick_per_class():
+    labels = np.array([2, 0, 2, 1, 0, 1, 2])
+    assert profile.calibration_indices(labels).tolist() == [1, 3, 0]
+    assert profile.calibration_indices(labels, 2).tolist() == [1, 4, 3, 5, 0, 2]
+    with pytest.raises(ValueError, match=r"classes \[0, 1\] have fewer than 3"):
+        profile.calibration_indices(labels, 3)

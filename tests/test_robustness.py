@@ -8,7 +8,7 @@ from PIL import Image
 
 from pipeline import robustness
 from pipeline.evaluation import balanced_subset, torch_logits
-from pipeline.model import to_input
+from pipeline.shapes import to_input
 from tiny_model import TINY_CHANNELS, synthetic_images, train_tiny_model
 
 FEW_TRANSFORMS = [{"kind": "rotate", "degrees": -8}, {"kind": "blur", "radius": 0.6},
@@ -117,3 +117,10 @@ def test_stage_reads_a_balanced_subset_of_the_split(model, tmp_path):
     assert result["images"] == 40 and [r["epsilon"] for r in result["results"]] == [0, 4]
     assert result["voters"] == ["original", "rotate -8°", "blur r=0.6"]
     assert (tmp_path / "out" / "robustness.md").is_file()
+
+
+@pytest.mark.parametrize("epsilons", [[0.5], [-1], [300], 4])
+def test_bad_epsilons_are_named(epsilons):
+    with pytest.raises(ValueError, match=r"robustness.epsilons = .*integers in \[0, 255\]"):
+        robustness.parse_epsilons(epsilons, where="robustness.epsilons")
+    assert robustness.parse_epsilons([8, 2, 2]) == [0, 2, 8]

@@ -1,10 +1,9 @@
 """Glow's model-tuner algorithm on the int8 reference."""
-import numpy as np
 import pytest
 
 from tiny_model import export_onnx, synthetic_images, train_tiny_model
 from pipeline import int8_graph, profile, tune
-from pipeline.model import to_input
+from pipeline.shapes import to_input
 
 
 @pytest.fixture(scope="module")

@@ -1,100 +1,117 @@
-/* 2-D convolution, int8 NHWC input/output, int8 weights (out_c, kernel_h, kernel_w, in_c) in the (0, 2, 1, 3)
- * group order, int32 bias at the accumulator scale. DSP path: im2col of two output pixels to int16, then a
- * 2x2 (channels x pixels) SMLAD kernel, as CMSIS-NN arm_convolve_s8. Portable path: the same im2col and a
- * plain dot product per pixel. */
+/* 2-D convolution, int8 NHWC input/output, int32 bias at the accumulator scale. Weights: one row per output
+ * channel of kernel_h * kernel_w * in_c values in (kh, kw, c) order, zero-padded to a multiple of 4 (k_row)
+ * and stored in the (0, 2, 1, 3) group order. Each output pixel's patch is first copied to an int16 column
+ * (im2col); the DSP path then runs a 2x2 (channels x pixels) SMLAD kernel as CMSIS-NN arm_convolve_s8, the
+ * portable path a plain dot product per pixel. */
 #include "nn_kernels.h"
 
-/* The im2col column (kernel_h * kernel_w * in_c int16) of output pixel `pixel`; padding reads as 0. */
+/* 8 bytes (4 values) of an int16 column; columns are 8-byte aligned (64-byte scratch, k_row % 4 == 0). */
+typedef uint64_t __attribute__((may_alias)) nn_u64_alias;
+
+static inline int conv_row_length(const conv2d_s8_params *p)
+{
+    return (p->kernel_h * p->kernel_w * p->in_c + 3) & ~3;
+}
+
+/* The im2col column of output pixel `pixel` (k_row int16); padding and the row's tail read as 0.
+ * Parameters are copied to locals: the int16 stores could otherwise alias the uint16 fields of *p. */
 static void im2col_s16(const conv2d_s8_params *p, const int8_t *input, int pixel, int16_t *col)
 {
+    const int in_h = p->in_h, in_w = p->in_w, in_c = p->in_c, kernel_h = p->kernel_h, kernel_w = p->kernel_w;
     const int oy = pixel / p->out_w, ox = pixel % p->out_w;
-    for (int ky = 0; ky < p->kernel_h; ky++) {
-        const int iy = oy * p->stride_h - p->pad_top + ky;
-        for (int kx = 0; kx < p->kernel_w; kx++, col += p->in_c) {
-            const int ix = ox * p->stride_w - p->pad_left + kx;
-            if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w)
-                memset(col, 0, (size_t)p->in_c * sizeof(int16_t));
+    const int y0 = oy * p->stride_h - p->pad_top, x0 = ox * p->stride_w - p->pad_left;
+    int16_t *const end = col + conv_row_length(p);
+    for (int iy = y0; iy < y0 + kernel_h; iy++) {
+        for (int ix = x0; ix < x0 + kernel_w; ix++, col += in_c) {
+            if (iy < 0 || iy >= in_h || ix < 0 || ix >= in_w)
+                memset(col, 0, (size_t)in_c * sizeof(int16_t));
             else
-                nn_s8_to_s16(input + ((size_t)iy * p->in_w + ix) * p->in_c, col, p->in_c);
+                nn_s8_to_s16(input + ((size_t)iy * in_w + ix) * in_c, col, in_c);
         }
     }
+    while (col < end) *col++ = 0;
+}
+
+static inline int8_t requantize(int32_t acc, int shift, int act_min)
+{
+    return nn_saturate(nn_rescale(acc, shift), act_min);
 }
 
 #if NN_USE_DSP
-
-/* Two output pixels (columns col0, col1) for all output channels; out1 may be NULL for a single pixel. */
-static void mat_mult_s8_s16(const conv2d_s8_params *p, const int8_t *weights, const int32_t *bias,
-                            const int16_t *col0, const int16_t *col1, int8_t *out0, int8_t *out1)
+/* Two output pixels (columns col0, col1) for output channels [0, out_c & ~1). */
+static void mat_mult_2x2_s8_s16(const int8_t *weights, const int32_t *bias, const int16_t *col0,
+                                const int16_t *col1, int8_t *out0, int8_t *out1, int k_row, int out_c, int shift,
+                                int act_min)
 {
-    const int k_total = p->kernel_h * p->kernel_w * p->in_c;
-    const int k4 = k_total & ~3;
-    if (out1 == NULL) col1 = col0; /* computed and discarded: keeps one kernel */
-    for (int oc = 0; oc < p->out_c; oc += 2) {
-        const int pair = oc + 1 < p->out_c;
-        const int8_t *w0 = weights + (size_t)oc * k_total;
-        const int8_t *w1 = pair ? w0 + k_total : w0;
-        int32_t s00 = bias[oc], s01 = bias[oc];
-        int32_t s10 = bias[oc + pair], s11 = bias[oc + pair];
-        const int16_t *a = col0, *b = col1;
-        for (int k = 0; k < k4; k += 4, w0 += 4, w1 += 4, a += 4, b += 4) {
+    for (int oc = 0; oc + 1 < out_c; oc += 2) {
+        const int8_t *w0 = weights + (size_t)oc * k_row, *w1 = w0 + k_row;
+        const nn_u64_alias *a = (const nn_u64_alias *)col0, *b = (const nn_u64_alias *)col1;
+        int32_t s00 = bias[oc], s01 = bias[oc], s10 = bias[oc + 1], s11 = bias[oc + 1];
+        /* Per 4 weights of 2 rows x 4 values of 2 columns: 4 loads, 4 SXTB16, 8 SMLAD (M7: 20 instructions). */
+        for (const int8_t *w_end = w0 + k_row; w0 != w_end; w0 += 4, w1 += 4) {
             const int32_t wa = nn_read_s32(w0), wb = nn_read_s32(w1);
-            const int32_t wa01 = __sxtb16(wa), wa23 = nn_sxtb16_ror8(wa);
-            const int32_t wb01 = __sxtb16(wb), wb23 = nn_sxtb16_ror8(wb);
-            const int32_t a01 = nn_read_s32(a), a23 = nn_read_s32(a + 2);
-            const int32_t b01 = nn_read_s32(b), b23 = nn_read_s32(b + 2);
-            s00 = __smlad(wa01, a01, s00);
-            s00 = __smlad(wa23, a23, s00);
-            s01 = __smlad(wa01, b01, s01);
-            s01 = __smlad(wa23, b23, s01);
-            s10 = __smlad(wb01, a01, s10);
-            s10 = __smlad(wb23, a23, s10);
-            s11 = __smlad(wb01, b01, s11);
-            s11 = __smlad(wb23, b23, s11);
+            const uint64_t av = *a++, bv = *b++;
+            int32_t x = (int32_t)av, y = (int32_t)bv, w = __sxtb16(wa); /* x, y: values 0, 1 */
+            s00 = __smlad(w, x, s00);
+            s01 = __smlad(w, y, s01);
+            w = __sxtb16(wb);
+            s10 = __smlad(w, x, s10);
+            s11 = __smlad(w, y, s11);
+            x = (int32_t)(av >> 32); /* values 2, 3 */
+            y = (int32_t)(bv >> 32);
+            w = nn_sxtb16_ror8(wa);
+            s00 = __smlad(w, x, s00);
+            s01 = __smlad(w, y, s01);
+            w = nn_sxtb16_ror8(wb);
+            s10 = __smlad(w, x, s10);
+            s11 = __smlad(w, y, s11);
         }
-        for (int k = k4; k < k_total; k++, w0++, w1++, a++, b++) {
-            s00 += *w0 * *a;
-            s01 += *w0 * *b;
-            s10 += *w1 * *a;
-            s11 += *w1 * *b;
-        }
-        out0[oc] = nn_saturate(nn_rescale(s00, p->out_shift), p->act_min);
-        if (out1) out1[oc] = nn_saturate(nn_rescale(s01, p->out_shift), p->act_min);
-        if (pair) {
-            out0[oc + 1] = nn_saturate(nn_rescale(s10, p->out_shift), p->act_min);
-            if (out1) out1[oc + 1] = nn_saturate(nn_rescale(s11, p->out_shift), p->act_min);
-        }
+        out0[oc] = requantize(s00, shift, act_min);
+        out1[oc] = requantize(s01, shift, act_min);
+        out0[oc + 1] = requantize(s10, shift, act_min);
+        out1[oc + 1] = requantize(s11, shift, act_min);
     }
 }
 
 void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *weights, const int32_t *bias,
                int8_t *output, int16_t *scratch)
 {
-    const int k_total = p->kernel_h * p->kernel_w * p->in_c;
-    const int pixels = p->out_h * p->out_w;
-    int16_t *col0 = scratch, *col1 = scratch + k_total;
-    for (int pixel = 0; pixel < pixels; pixel += 2) {
-        int8_t *out0 = output + (size_t)pixel * p->out_c;
-        const int two = pixel + 1 < pixels;
+    const int pixels = p->out_h * p->out_w, out_c = p->out_c, k_row = conv_row_length(p);
+    const int shift = p->out_shift, act_min = p->act_min;
+    int16_t *col0 = scratch, *col1 = scratch + k_row;
+    int pixel = 0;
+    for (; pixel + 1 < pixels; pixel += 2) {
+        int8_t *out0 = output + (size_t)pixel * out_c, *out1 = out0 + out_c;
         im2col_s16(p, input, pixel, col0);
-        if (two) im2col_s16(p, input, pixel + 1, col1);
-        mat_mult_s8_s16(p, weights, bias, col0, col1, out0, two ? out0 + p->out_c : NULL);
+        im2col_s16(p, input, pixel + 1, col1);
+        mat_mult_2x2_s8_s16(weights, bias, col0, col1, out0, out1, k_row, out_c, shift, act_min);
+        if (out_c & 1) { /* last channel of an odd count */
+            const int8_t *w = weights + (size_t)(out_c - 1) * k_row;
+            out0[out_c - 1] = requantize(nn_dot_s8_s16(w, col0, k_row, bias[out_c - 1]), shift, act_min);
+            out1[out_c - 1] = requantize(nn_dot_s8_s16(w, col1, k_row, bias[out_c - 1]), shift, act_min);
+        }
+    }
+    if (pixel < pixels) { /* last pixel of an odd count */
+        int8_t *out = output + (size_t)pixel * out_c;
+        im2col_s16(p, input, pixel, col0);
+        for (int oc = 0; oc < out_c; oc++)
+            out[oc] = requantize(nn_dot_s8_s16(weights + (size_t)oc * k_row, col0, k_row, bias[oc]), shift, act_min);
     }
 }
 
-#else /* portable C: same im2col, one pixel at a time */
+#else /* portable C */
 
 void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *weights, const int32_t *bias,
                int8_t *output, int16_t *scratch)
 {
-    const int k_total = p->kernel_h * p->kernel_w * p->in_c;
+    const int k_row = conv_row_length(p);
     const int pixels = p->out_h * p->out_w;
     for (int pixel = 0; pixel < pixels; pixel++) {
         int8_t *out = output + (size_t)pixel * p->out_c;
         im2col_s16(p, input, pixel, scratch);
-        for (int oc = 0; oc < p->out_c; oc++) {
-            const int32_t acc = nn_dot_s8_s16(weights + (size_t)oc * k_total, scratch, k_total, bias[oc]);
-            out[oc] = nn_saturate(nn_rescale(acc, p->out_shift), p->act_min);
-        }
+        for (int oc = 0; oc < p->out_c; oc++)
+            out[oc] = requantize(nn_dot_s8_s16(weights + (size_t)oc * k_row, scratch, k_row, bias[oc]),
+                                 p->out_shift, p->act_min);
     }
 }
 #endif

@@ -40,7 +40,8 @@ typedef struct {
 void quantize_f32_s8(const float *input, int8_t *output, int channels, int height, int width, float inv_scale);
 /* int8 -> float: q * scale. */
 void dequantize_s8_f32(const int8_t *input, float *output, int size, float scale);
-/* scratch: 2 * kernel_h * kernel_w * in_c int16 (two im2col columns). */
+/* weights: rows of kernel_h * kernel_w * in_c padded with zeros to a multiple of 4;
+ * scratch: two im2col columns of that padded length (int16). */
 void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *weights, const int32_t *bias,
                int8_t *output, int16_t *scratch);
 /* output[n] = requantize(bias[n] + sum_k input[k] * weights[n][k]); scratch: in_size int16. */
@@ -58,7 +59,8 @@ static inline int32_t nn_rescale(int32_t value, int32_t shift)
 {
     if (shift > 0) {
         if (shift > 31) shift = 31;
-        return (int32_t)(((int64_t)value + ((int64_t)1 << (shift - 1))) >> shift);
+        /* == (value + 2^(shift-1)) >> shift, without overflow */
+        return ((value >> (shift - 1)) + 1) >> 1;
     }
     if (shift < 0) {
         int32_t left = -shift > 15 ? 15 : -shift;

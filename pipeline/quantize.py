@@ -1,0 +1,130 @@
+"""Quantize-and-compile stages behind one interface: the Glow tools when chosen, the built-in backend otherwise.
+
+Each stage takes the canonical dataset folder and file paths; which images it uses follows the app note:
+calibration from build/data/images/ (held-out split, `per_class` per class), tuning on build/data/dataset-tuning/.
+"""
+import contextlib
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline import atomic, bundle, glow, image_inc, profile, tune
+from pipeline.dataset import load_classes, load_split
+
+
+def calibration_images(data_dir, per_class: int) -> list[Path]:
+    """The first `per_class` PNGs of each class in build/data/images/, in class order."""
+    folder = Path(data_dir) / "images"
+    paths = [p for cls in load_classes(data_dir) for p in sorted((folder / cls).glob("*.png"))[:per_class]]
+    if not paths:
+        raise ValueError(f"{folder} holds no calibration images; rebuild the dataset (doit dataset)")
+    return paths
+
+
+def tuning_set(data_dir) -> tuple[Path, Path]:
+    folder = Path(data_dir) / "dataset-tuning"
+    return folder, folder / "Labels.csv"
+
+
+def read_pngs(paths) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.uint8) for p in paths])
+
+
+def read_tuning_set(data_dir) -> tuple[np.ndarray, np.ndarray]:
+    folder, labels_csv = tuning_set(data_dir)
+    rows = [line.split(",") for line in labels_csv.read_text().splitlines() if line.strip()]
+    return read_pngs([folder / name for name, _ in rows]), np.array([int(label) for _, label in rows])
+
+
+def profile_stage(backend: str, onnx_path, data_dir, out_path, per_class: int) -> None:
+    """profile.yml from `per_class` calibration images per class (the note: one)."""
+    images = calibration_images(data_dir, per_class)
+    if backend == "glow":
+        glow.make_profile(onnx_path, images, out_path)
+    else:
+        profile.make_profile(onnx_path, read_pngs(images), out_path)
+
+
+def tune_stage(backend: str, onnx_path, profile_path, data_dir, out_path, target_accuracy: float,
+               max_iterations: int, accuracy_drop: float) -> dict:
+    """profile_tuned.yml, plus tuning.json beside it with the accuracies the tuner saw."""
+    if backend == "glow":
+        folder, labels_csv = tuning_set(data_dir)
+        glow.tune_profile(onnx_path, profile_path, folder, labels_csv, out_path, target_accuracy=target_accuracy)
+        return {}
+    images, labels = read_tuning_set(data_dir)
+    result = tune.tune_profile(onnx_path, profile_path, images, labels, out_path, target_accuracy=target_accuracy,
+                               max_iter_per_node=max_iterations, acc_drop_skip=accuracy_drop)
+    atomic.write_text(Path(out_path).with_name("tuning.json"), json.dumps(result, indent=2) + "\n")
+    return {}
+
+
+def bundle_stage(backend: str, onnx_path, profile_path, board: dict, out_dir, network: str) -> dict:
+    make = glow.make_bundle if backend == "glow" else bundle.make_bundle
+    return make(onnx_path, profile_path, board, out_dir, network)
+
+
+def image_inc_stage(data_dir, out_path, class_name: str, index: int) -> None:
+    """input_image_test.inc from the `index`-th test image of `class_name` (default: the first horse)."""
+    classes = load_classes(data_dir)
+    if class_name not in classes:
+        raise ValueError(f"quantization.test_image_class = {class_name!r} is not a class of the dataset; "
+                         f"valid classes: {', '.join(classes)}")
+    images, labels = load_split(data_dir, "test")
+    label = classes.index(class_name)
+    hits = np.flatnonzero(labels == label)
+    if index >= len(hits):
+        raise ValueError(f"quantization.test_image_index = {index}: the test split has only {len(hits)} "
+                         f"{class_name} images; choose an index below {len(hits)}")
+    image_inc.write_image_inc(images[hits[index]], out_path, f"test/{class_name}/{index:04d}", label, class_name)
+
+
+@contextlib.contextmanager
+def host_bundle(onnx_path, profile_path, network: str):
+    """The bundle's generated C for a profile, in a temp folder: (sources folder, work folder)."""
+    with tempfile.TemporaryDirectory() as work:
+        sources = Path(work) / "bundle"
+        sources.mkdir()
+        for fname, data in bundle.generate_sources(onnx_path, profile_path, network).items():
+            (sources / fname).write_bytes(data)
+        yield sources, work
+
+
+def int8_predictions_stage(onnx_path, profile_path, data_dir, split: str, max_images: int, out_path,
+                           network: str) -> None:
+    """Top-1 classes of the host-compiled int8 bundle on a class-balanced subset of a split (.npy), for
+    comparing the deployed model with other engines."""
+    from pipeline.evaluation import balanced_subset
+    from pipeline.shapes import to_input
+
+    images, labels = load_split(data_dir, split)
+    inputs = to_input(images[balanced_subset(labels, max_images)])
+    with host_bundle(onnx_path, profile_path, network) as (sources, work):
+        runner = bundle.build_host_runner(sources, work, network)
+        outputs = bundle.run_host_bundle(runner, sources / f"{network}.weights.bin", inputs, work)
+    with atomic.atomic_path(out_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, outputs.argmax(axis=1))
+
+
+def accuracy_stage(onnx_path, profiles: dict, data_dir, out_path, network: str, eval_images: int) -> dict:
+    """Float (ONNX Runtime) vs int8 (host-compiled bundle C) top-1 on the test split, for each profile given
+    ({"untuned": profile.yml, "tuned": profile_tuned.yml}); written to accuracy.json."""
+    from pipeline.evaluation import balanced_subset
+
+    images, labels = load_split(data_dir, "test")
+    if eval_images:
+        keep = balanced_subset(labels, eval_images)
+        images, labels = images[keep], labels[keep]
+    result = {"split": "test", "images": int(len(labels))}
+    for name, profile_path in profiles.items():
+        with host_bundle(onnx_path, profile_path, network) as (sources, work):
+            scores = bundle.evaluate_bundle(onnx_path, sources, images, labels, work, network)
+        result["float_accuracy"] = scores["float_accuracy"]
+        result[f"int8_{name}_accuracy"] = scores["int8_accuracy"]
+        result[f"int8_{name}_minus_float_points"] = scores["int8_minus_float_points"]
+    atomic.write_text(out_path, json.dumps(result, indent=2) + "\n")
+    return result
