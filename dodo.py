@@ -15,15 +15,16 @@ from pipeline.cache import cached_action
 from pipeline.config import subset
 from pipeline.firmware import (firmware_targets, needs_emulator_link, require_emulator, require_mcux_sdk,
                                require_toolchain, require_zephyr)
-from pipeline.graph import code, hold_build_lock, keys, runnable, skip_reason, skipped_task, stage
+from pipeline.graph import (code, hold_build_lock, keys, runnable, skip_reason, skipped_task, stage,
+                            stop_cleanly_on_interrupt)
 from pipeline.shapes import count_macs
-from pipeline.tools import Skipped
+from pipeline.tools import ToolError
 
 try:
     CONFIG = configuration.load(get_var("config", "pipeline.toml"))
     SOURCE = dataset.resolve_source(CONFIG["dataset"]["source"], configuration.ROOT)
     BACKEND = glow.choose_backend(CONFIG["quantization"]["backend"])
-except (configuration.ConfigError, dataset.DatasetError, Skipped) as err:
+except (configuration.ConfigError, dataset.DatasetError, ToolError) as err:
     sys.exit(f"error: {err}")
 
 BUILD = Path(CONFIG["project"]["build_dir"])
@@ -44,6 +45,7 @@ EVALUATIONS = {"hardening": ["hardening.json", "hardening.md", "hardening.png"],
                "parity": ["parity.json", "parity.md"]}
 
 hold_build_lock(BUILD)
+stop_cleanly_on_interrupt()
 DOIT_CONFIG = {
     "dep_file": str(BUILD / ".doit.db"),
     "backend": "sqlite3",
@@ -422,10 +424,12 @@ def task_release():
 def task_verify_release():
     """Re-hash the release archive against its MANIFEST.json; fails naming any file that differs."""
     archive = BUILD / "release" / f"{NAME}-{CONFIG['project']['version']}.tar.gz"
-    return {"actions": [stage("release:verify_release", path=archive)], "file_dep": [str(archive)],
+    return {"actions": [stage("release:verify_release_stage", path=archive)], "file_dep": [str(archive)],
             "uptodate": [False]}
 
 
 def task_cache_key():
-    """Print the cache keys of the entries in the step cache (PIPELINE_CACHE_DIR), for keying a CI cache."""
-    return {"actions": [f"{sys.executable} -m pipeline.cache keys"], "uptodate": [False], "verbosity": 2}
+    """Print the keys this tree and config give train and tune (once their inputs are built) and the entries in
+    the step cache (PIPELINE_CACHE_DIR), for keying a CI cache."""
+    return {"actions": [stage("cache:print_keys", actions=task_train()["actions"] + task_tune()["actions"])],
+            "uptodate": [False], "verbosity": 2}

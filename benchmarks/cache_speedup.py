@@ -7,6 +7,7 @@ Also checks that the warm build's artifacts are byte-identical to the cold one's
 """
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,10 +21,8 @@ sys.path.insert(0, str(REPO))
 from pipeline import provenance  # noqa: E402
 from pipeline.dataset import resolve_source  # noqa: E402
 
-NOT_ARTIFACTS = (".doit.db",)
-
-
-def timed_doit(clone: Path, config: str, tasks: list[str], env: dict) -> float:
+def timed_doit(clone: Path, config: str, tasks: list[str], env: dict) -> tuple[float, str]:
+    """Seconds the doit run took, and its stdout."""
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "doit", f"config={config}", *tasks], cwd=clone, env=env,
                             capture_output=True, text=True)
@@ -31,12 +30,7 @@ def timed_doit(clone: Path, config: str, tasks: list[str], env: dict) -> float:
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
         sys.exit(f"doit config={config} failed in {clone} (exit {result.returncode}):\n{tail}")
-    return elapsed
-
-
-def artifacts(clone: Path) -> dict[str, str]:
-    digests = provenance.tree_digests(clone / "build")
-    return {path: sha for path, sha in digests.items() if not Path(path).name.startswith(NOT_ARTIFACTS)}
+    return elapsed, result.stdout
 
 
 def measure(config: str, tasks: list[str], env: dict, workdir: Path) -> dict:
@@ -45,16 +39,18 @@ def measure(config: str, tasks: list[str], env: dict, workdir: Path) -> dict:
     cold_clone = provenance.clone_working_tree(REPO, workdir / "cold")
     warm_clone = provenance.clone_working_tree(REPO, workdir / "warm")
     print(f"[{config}] cold build (empty cache) ...", file=sys.stderr, flush=True)
-    cold = timed_doit(cold_clone, config, tasks, env)
+    cold, _ = timed_doit(cold_clone, config, tasks, env)
     print(f"[{config}] no-op build ...", file=sys.stderr, flush=True)
-    noop = timed_doit(cold_clone, config, tasks, env)
+    noop, _ = timed_doit(cold_clone, config, tasks, env)
     print(f"[{config}] warm build (fresh clone, warm cache) ...", file=sys.stderr, flush=True)
-    warm = timed_doit(warm_clone, config, tasks, env)
-    differences = provenance.tree_differences(artifacts(cold_clone), artifacts(warm_clone),
+    warm, warm_log = timed_doit(warm_clone, config, tasks, env)
+    warm_files = provenance.artifact_digests(warm_clone / "build")
+    differences = provenance.tree_differences(provenance.artifact_digests(cold_clone / "build"), warm_files,
                                               names=("cold build", "warm build"))
     for line in differences:
         print(f"[{config}] {line}", file=sys.stderr)
-    return dict(config=config, cold=cold, warm=warm, noop=noop, files=len(artifacts(warm_clone)),
+    hits = sorted(re.findall(r"^(\w+): cache hit", warm_log, re.M))
+    return dict(config=config, cold=cold, warm=warm, noop=noop, files=len(warm_files), hits=",".join(hits) or "none",
                 identical="yes" if not differences else f"NO ({len(differences)} files)")
 
 
@@ -84,10 +80,11 @@ def main() -> int:
             else:
                 shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"{'config':<22} {'cold s':>9} {'warm s':>9} {'warm/cold':>10} {'no-op s':>9} {'files':>6}  identical")
+    print(f"{'config':<22} {'cold s':>9} {'warm s':>9} {'warm/cold':>10} {'no-op s':>9} {'files':>6}  "
+          f"{'warm hits':<12} identical")
     for row in rows:
         print(f"{row['config']:<22} {row['cold']:9.1f} {row['warm']:9.1f} {row['warm'] / row['cold']:10.3f} "
-              f"{row['noop']:9.2f} {row['files']:6d}  {row['identical']}")
+              f"{row['noop']:9.2f} {row['files']:6d}  {row['hits']:<12} {row['identical']}")
     return 0 if all(row["identical"] == "yes" for row in rows) else 1
 
 

@@ -46,7 +46,7 @@ def measure(board_name: str, onnx_path: Path, profile_path: Path, work: Path) ->
     images = np.random.default_rng(1).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
     write_image_inc(images[0], out / "source" / "input_image_test.inc", "random 0", 0, LABELS[0])
     elfs = firmware.firmware_stage(board, bundle_dir=out / "bundle", source_dir=out / "source", out_dir=out,
-                                   network="cifar", labels=LABELS, input_bytes=4 * int(np.prod(INPUT_SHAPE)))
+                                   network="cifar", labels=LABELS)
     summary = firmware.emulation_stage(board, elf=elfs["emulator_elf"], bundle_dir=out / "bundle",
                                        image_inc=out / "source" / "input_image_test.inc", images=images[1:],
                                        labels=LABELS, out_dir=out, network="cifar")

@@ -15,14 +15,15 @@ import numpy as np
 from pipeline import int8_graph
 from pipeline.atomic import atomic_dir, write_bytes
 from pipeline.profile import read_profile
-from pipeline.tools import Skipped, find_tool, run_tool
+from pipeline.tools import Skipped, ToolError, find_tool, run_tool
 
 MEM_ALIGN = 64
 KERNELS_DIR = Path(__file__).parent / "kernels"
 KERNEL_SOURCES = ("add_s8.c", "conv2d_s8.c", "dequantize_s8_f32.c", "fully_connected_s8.c", "max_pool_s8.c",
                   "quantize_f32_s8.c", "relu_s8.c", "softmax_f32.c")
 BASE_CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-ffunction-sections", "-fdata-sections"]
-ARM_INSTALL_HINT = "Install the Arm GNU toolchain (Debian: apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)."
+ARM_INSTALL_HINT = ("Install the Arm GNU toolchain (Debian: apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi, "
+                    "or run make bootstrap).")
 XTENSA_HINT = ("no Xtensa toolchain (set XCC to xt-clang, or put xt-clang on PATH, with XTENSA_SYSTEM and "
                "XTENSA_CORE as in NXP's RT685 HiFi4 readme)")
 
@@ -277,11 +278,13 @@ def generate_sources(onnx_path, profile_path, network_name: str = "cifar") -> di
 
 
 def require_compiler(board: dict) -> tuple:
-    """(C compiler, partial linker) for the board's toolchain; Skipped when it is not installed."""
+    """(C compiler, partial linker) for the board's toolchain. A missing Arm toolchain is a ToolError (the
+    bootstrap installs it); a missing Xtensa toolchain is Skipped (the user must provide it)."""
     if board["toolchain"] == "arm-none-eabi":
         cc = find_tool("arm-none-eabi-gcc", "ARM_TOOLCHAIN_BIN")
         if cc is None:
-            raise Skipped(f"arm-none-eabi-gcc not found (set ARM_TOOLCHAIN_BIN). {ARM_INSTALL_HINT}")
+            raise ToolError(f"arm-none-eabi-gcc not found on PATH (or set ARM_TOOLCHAIN_BIN to its folder). "
+                            f"{ARM_INSTALL_HINT}")
         return cc, str(Path(cc).with_name("arm-none-eabi-ld"))
     if board["toolchain"] == "xtensa":
         cc = os.environ.get("XCC") or shutil.which("xt-clang")
@@ -325,7 +328,7 @@ def compile_object(sources_dir, board: dict, network_name: str = "cifar", target
 
 def make_bundle(onnx_path, profile_path, board: dict, out_dir, network_name: str = "cifar") -> dict:
     """Write <out_dir>/{name.h, name.c, name.weights.bin, name.weights.txt, name.o} (out_dir replaced whole).
-    When the board's toolchain is missing the object is left out and the result says "skipped: ..."."""
+    Without the Xtensa toolchain the object is left out and the result says "skipped: ..."."""
     files = generate_sources(onnx_path, profile_path, network_name)
     with atomic_dir(out_dir) as tmp:
         for fname, data in files.items():

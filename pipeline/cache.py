@@ -10,6 +10,7 @@ Command line (for CI):
   python -m pipeline.cache keys [--digest]        every valid entry as `stage key`, or one digest of that list
   python -m pipeline.cache prune --unused-since T drop entries not used since epoch T, and stale temp folders
   python -m pipeline.cache check                  report incomplete or corrupt entries (exit 1 if any)
+`doit cache_key` also prints the keys the current tree and config give train and tune (print_keys).
 """
 import argparse
 import hashlib
@@ -226,6 +227,32 @@ def run_cached_action(stage, action, code_files, config_subset, input_files, lib
     except _StepUnfinished as unfinished:
         return unfinished.outcome
     return {"cache": status, "cache_key": key}
+
+
+def current_keys(actions) -> list[tuple[str, str | None, str]]:
+    """(stage, key, "") for each cached_action among `actions` (a task's doit actions) whose inputs exist, as
+    the task would compute it if it ran now; (stage, None, why) for one whose inputs are not built yet."""
+    keys = []
+    for _, args in (a for a in actions if isinstance(a, tuple) and a[0] is run_cached_action):
+        stage, _, code_files, config_subset, input_files, libraries, _ = args
+        try:
+            keys.append((stage, cache_key(stage, code_files, config_subset, input_files,
+                                          package_versions(libraries)), ""))
+        except ValueError as missing:
+            keys.append((stage, None, str(missing)))
+    return keys
+
+
+def print_keys(actions, root=None) -> None:
+    """For `doit cache_key`: the keys this tree and config give its cached steps (`stage key`, or `stage -`
+    and why when an input is not built yet), then the valid entries in the cache, as `stage key` lines."""
+    root = Path(root if root is not None else cache_root())
+    print("# keys of this tree and config (stage key; '-' until the step's inputs are built)")
+    for stage, key, why in current_keys(actions):
+        print(f"{stage} {key}" if key else f"{stage} - ({why})")
+    print(f"# valid entries in {root}")
+    for stage, key in valid_keys(root):
+        print(f"{stage} {key}")
 
 
 def _mark_used(entry: Path) -> None:

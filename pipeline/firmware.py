@@ -38,7 +38,7 @@ HARDENING_SOURCE = "hardening.c"
 FIRMWARE_CFLAGS = ("-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-ffunction-sections",
                    "-fdata-sections", "-ffp-contract=off")
 ICOUNT_SHIFT = 0
-QEMU_HINT = "install QEMU (Debian: apt-get install qemu-system-arm)"
+QEMU_HINT = "install QEMU (Debian: apt-get install qemu-system-arm, or run make bootstrap)"
 REQUIRED_MACROS = ("CONSTANT_MEM_SIZE", "MUTABLE_MEM_SIZE", "ACTIVATIONS_MEM_SIZE", "MEM_ALIGN")
 
 
@@ -138,8 +138,10 @@ def render_linker_script(out_path, board: dict, for_emulator: bool = False) -> P
 
 
 # ------------------------------------------------------------------------------------------------ compile, link
-# The require_* checks raise Skipped with the reason and the variable to set; they are cheap, so the build
-# graph calls them when it is declared and the runners call them again before running.
+# The require_* checks are cheap, so the build graph calls them when it is declared and the runners call them
+# again before running. Tools the user must provide (Xtensa, Zephyr, MCUXpresso SDK) raise Skipped with the
+# variable to set; the Arm toolchain and QEMU, which the bootstrap installs, raise ToolError with the install
+# command when missing.
 def require_toolchain(board: dict) -> str:
     """The board's C compiler (arm-none-eabi-gcc, or xt-clang with XTENSA_SYSTEM set for Xtensa boards)."""
     if board["toolchain"] == "xtensa":
@@ -156,7 +158,7 @@ def require_emulator(board: dict) -> None:
         raise Skipped(f"board {board['name']} has no [emulator] in boards/{board['name']}.toml (no emulator "
                       f"runs its core)")
     if find_tool("qemu-system-arm", "QEMU_BIN") is None:
-        raise Skipped(f"qemu-system-arm not found (set QEMU_BIN to its folder or {QEMU_HINT})")
+        raise ToolError(f"qemu-system-arm not found on PATH (or set QEMU_BIN to its folder); {QEMU_HINT}")
 
 
 def require_mcux_sdk(board: dict, environ=None) -> None:
@@ -186,7 +188,7 @@ def _arm_tool(board: dict, tool: str) -> str:
     name = f"arm-none-eabi-{tool}"
     path = find_tool(name, "ARM_TOOLCHAIN_BIN")
     if path is None:
-        raise Skipped(f"{name} not found (set ARM_TOOLCHAIN_BIN to its folder). {ARM_INSTALL_HINT}")
+        raise ToolError(f"{name} not found on PATH (or set ARM_TOOLCHAIN_BIN to its folder). {ARM_INSTALL_HINT}")
     return path
 
 
@@ -508,26 +510,30 @@ def _run_with_env(cmd, env: dict, hint: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ stages for doit
-def firmware_stage(board: dict, *, bundle_dir, source_dir, out_dir, network: str, labels, input_bytes: int,
+def render_board_main_c(board: dict, *, labels, bundle_dir, source_dir, network: str,
+                        hardening: dict | None = None) -> Path:
+    """<source_dir>/main.c for the board, beside its input_image_test.inc."""
+    return render_main_c(Path(source_dir) / "main.c", network=network, labels=labels,
+                         description=board["description"], header_path=Path(bundle_dir) / f"{network}.h",
+                         image_inc_path=Path(source_dir) / "input_image_test.inc",
+                         input_bytes=4 * int(np.prod(INPUT_SHAPE)), hardening=hardening)
+
+
+def firmware_stage(board: dict, *, bundle_dir, source_dir, out_dir, network: str, labels,
                    hardening: dict | None = None) -> dict:
-    """Render <source_dir>/main.c (beside input_image_test.inc) and build the board's firmware into out_dir.
-    main.c is rendered for every board; the build raises Skipped when the board's toolchain is missing."""
-    main_c = render_main_c(Path(source_dir) / "main.c", network=network, labels=labels,
-                           description=board["description"], header_path=Path(bundle_dir) / f"{network}.h",
-                           image_inc_path=Path(source_dir) / "input_image_test.inc", input_bytes=input_bytes,
-                           hardening=hardening)
+    """Render main.c and build the board's firmware into out_dir (build_firmware says what can fail)."""
+    main_c = render_board_main_c(board, labels=labels, bundle_dir=bundle_dir, source_dir=source_dir,
+                                 network=network, hardening=hardening)
     return build_firmware(board, main_c=main_c, bundle_dir=bundle_dir, network=network, out_dir=out_dir,
                           hardening=bool(hardening))
 
 
 def main_c_stage(board: dict, *, data_dir, bundle_dir, source_dir, network: str, hardening: dict | None = None):
-    """<source_dir>/main.c for the board, with the dataset's class names as labels."""
+    """The doit stage: main.c with the dataset's class names as labels."""
     from pipeline.dataset import load_classes
 
-    render_main_c(Path(source_dir) / "main.c", network=network, labels=load_classes(data_dir),
-                  description=board["description"], header_path=Path(bundle_dir) / f"{network}.h",
-                  image_inc_path=Path(source_dir) / "input_image_test.inc",
-                  input_bytes=4 * int(np.prod(INPUT_SHAPE)), hardening=hardening)
+    render_board_main_c(board, labels=load_classes(data_dir), bundle_dir=bundle_dir, source_dir=source_dir,
+                        network=network, hardening=hardening)
 
 
 def firmware_targets(board: dict, out_dir) -> list[Path]:
@@ -559,7 +565,7 @@ def emulation_stage(board: dict, *, elf, bundle_dir, image_inc, images, labels, 
     """Run the firmware under emulation on its built-in test image (image_inc) and then `images` (uint8 NHWC,
     e.g. the first few test images), with the host-compiled bundle on the same inputs as the reference.
     Writes out_dir/emulator.log and out_dir/emulator.json; raises FirmwareError on a hang, crash or a wrong
-    answer, Skipped when the board has no emulator or QEMU is missing."""
+    answer, ToolError when QEMU is missing, Skipped when the board has no emulator."""
     require_emulator(board)
     inputs = np.concatenate([read_image_inc(image_inc)[None], to_input(images).reshape(len(images), -1)])
     with tempfile.TemporaryDirectory() as work:

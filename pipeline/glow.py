@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.atomic import atomic_dir, atomic_path
-from pipeline.tools import Skipped, find_tool, run_tool
+from pipeline.tools import Skipped, ToolError, find_tool, run_tool
 
 TOOLS = ("model-compiler", "model-tuner", "image-classifier")
 INSTALL_HINT = ("Install Glow (NXP eIQ Glow, or build pytorch/glow) and put its bin folder on PATH or set "
@@ -27,7 +27,8 @@ def choose_backend(requested: str = "auto") -> str:
     if requested not in ("auto", "glow", "builtin"):
         raise ValueError(f"quantization backend {requested!r} is not one of auto, glow, builtin; fix the config")
     if requested == "glow" and find_glow() is None:
-        raise Skipped(f"the Glow backend was requested but {', '.join(TOOLS)} were not all found. {INSTALL_HINT}")
+        raise ToolError(f"quantization.backend = \"glow\" but {', '.join(TOOLS)} were not all found. "
+                        f"{INSTALL_HINT} Or set quantization.backend = \"auto\" to use the built-in backend.")
     if requested == "auto":
         return "glow" if find_glow() else "builtin"
     return requested

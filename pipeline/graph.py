@@ -1,6 +1,7 @@
 """The small vocabulary dodo.py declares tasks with: stage actions, stage code dependencies, config deps."""
 import importlib
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -78,16 +79,41 @@ def hold_build_lock(build_dir) -> None:
     _LOCK = handle
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _report_interrupt(kind, value, tb, previous=sys.excepthook):
+    if not issubclass(kind, KeyboardInterrupt):
+        return previous(kind, value, tb)
+    print("interrupted: the running step stopped before renaming its outputs into place, so finished targets are "
+          "unchanged and the next doit redoes that step (training resumes from its last completed epoch)",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)  # exit as killed by SIGINT, the shell's convention for Ctrl-C
+
+
+def stop_cleanly_on_interrupt() -> None:
+    """Ctrl-C (SIGINT) and `kill` (SIGTERM) unwind the run normally: each stage deletes its temp files, tools it
+    started are killed, doit records what finished, and the user sees one line instead of a traceback."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    sys.excepthook = _report_interrupt
+
+
 def skip_reason(check, *args) -> str | None:
     """Run a cheap tool check (a require_* function) when the graph is declared: the reason a step will be
     skipped, or None when it can run. Declaring it up front keeps a skipped step's task up to date (no
-    missing targets) until the reason changes, e.g. when the user installs the tool."""
-    from pipeline.tools import Skipped
+    missing targets) until the reason changes, e.g. when the user installs the tool. A ToolError (a tool the
+    bootstrap installs is missing) is no skip: the step runs and fails with that message."""
+    from pipeline.tools import Skipped, ToolError
 
     try:
         check(*args)
     except Skipped as skip:
         return skip.reason
+    except ToolError:
+        return None
     return None
 
 

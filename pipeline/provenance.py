@@ -38,6 +38,16 @@ def tree_digests(root) -> dict[str, str]:
     return dict(sorted(digests.items()))
 
 
+# doit's own bookkeeping in a build folder, which legitimately differs between two builds of identical
+# artifacts: its state database (dependency timestamps) and its lock file (the pid of the last doit).
+DOIT_STATE = (".doit.db", ".doit.lock")
+
+
+def artifact_digests(build_dir) -> dict[str, str]:
+    """tree_digests of a build folder without doit's bookkeeping: what two builds must agree on byte for byte."""
+    return {path: sha for path, sha in tree_digests(build_dir).items() if path not in DOIT_STATE}
+
+
 def content_sha256(path) -> str:
     """sha256 of a file, or of a folder's whole tree (its sorted `relpath sha256` lines)."""
     path = Path(path)

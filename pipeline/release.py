@@ -253,6 +253,12 @@ def verify_release(path) -> dict:
     return manifest
 
 
+def verify_release_stage(path) -> None:
+    """verify_release for `doit verify_release`, printing what was checked."""
+    manifest = verify_release(path)
+    print(f"{path}: OK, {len(manifest['files'])} files match {MANIFEST} (commit {manifest.get('commit')})")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.release", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -260,11 +266,10 @@ def main(argv=None) -> int:
     verify.add_argument("release", type=Path, help="the .tar.gz or its unpacked folder")
     args = parser.parse_args(argv)
     try:
-        manifest = verify_release(args.release)
+        verify_release_stage(args.release)
     except ReleaseError as error:
         print(error, file=sys.stderr)
         return 1
-    print(f"{args.release}: OK, {len(manifest['files'])} files match {MANIFEST} (commit {manifest.get('commit')})")
     return 0
 
 

@@ -69,10 +69,16 @@ def executed(result: subprocess.CompletedProcess) -> set[str]:
 
 
 @pytest.fixture(scope="session")
-def smoke_build(tmp_path_factory, smoke_source) -> Path:
+def smoke_build_cache(tmp_path_factory) -> Path:
+    """The step cache smoke_build starts empty and fills (train and tune entries). Request smoke_build too."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def smoke_build(tmp_path_factory, smoke_source, smoke_build_cache) -> Path:
     """A copy of the project with `doit config=configs/smoke.toml` built once. Read-only: copy it to change it."""
     tree = copy_project(tmp_path_factory.mktemp("smoke_build"))
-    run_doit(tree, "config=configs/smoke.toml", env=smoke_env(smoke_source, tmp_path_factory.mktemp("cache")))
+    run_doit(tree, "config=configs/smoke.toml", env=smoke_env(smoke_source, smoke_build_cache))
     return tree
 
 

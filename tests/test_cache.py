@@ -3,6 +3,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import time
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cache
+from conftest import copy_project, executed, run_doit, smoke_env
+from pipeline import cache, provenance
 
 
 def sha(data: bytes) -> str:
@@ -319,6 +321,7 @@ def test_check_command_fails_on_bad_entry(tmp_path, sources, capsys):
 
 DODO = '''
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -378,3 +381,38 @@ def test_unwritable_cache_does_not_fail_the_step(tmp_path, sources, capsys):
                             root=not_a_folder) == "miss"
     assert step.outputs_are_right()
     assert "could not store" in capsys.readouterr().err
+
+
+SMOKE = "config=configs/smoke.toml"
+
+
+def test_fresh_clone_with_a_warm_cache_builds_every_elf_without_training(smoke_build, smoke_build_cache,
+                                                                         smoke_source, tmp_path):
+    clone = copy_project(tmp_path / "fresh_clone")
+    env = smoke_env(smoke_source, smoke_build_cache)
+    result = run_doit(clone, SMOKE, env=env)
+    log = result.stdout + result.stderr
+    hits = dict(re.findall(r"^(train|tune): cache hit ([0-9a-f]{16})", result.stdout, re.M))
+    assert set(hits) == {"train", "tune"} and "cache miss" not in log, log[-3000:]
+    assert not re.search(r"epoch \d+/\d+|tuning profile", log), "training or tuning ran despite the cache hit"
+
+    elfs = sorted(path.relative_to(clone / "build") for path in (clone / "build").rglob("*.elf"))
+    assert elfs == sorted(path.relative_to(smoke_build / "build") for path in (smoke_build / "build").rglob("*.elf"))
+    differences = provenance.tree_differences(provenance.artifact_digests(smoke_build / "build"),
+                                              provenance.artifact_digests(clone / "build"),
+                                              names=("cold build", "warm build"))
+    assert elfs and not differences, "\n".join(differences)
+
+    # `doit cache_key` prints the keys this tree uses (the ones just hit), then the cache's entries
+    printed = run_doit(clone, SMOKE, "cache_key", env=env).stdout
+    current = dict(re.findall(r"^(train|tune) ([0-9a-f]{64})$", printed.split("# valid entries")[0], re.M))
+    assert {stage: key[:16] for stage, key in current.items()} == hits
+    assert set(current.values()) <= {key for _, key in cache.valid_keys(smoke_build_cache)}
+
+
+def test_cache_key_task_says_which_inputs_are_not_built_yet(smoke_source, tmp_path):
+    clone = copy_project(tmp_path / "fresh_clone")
+    result = run_doit(clone, SMOKE, "cache_key", env=smoke_env(smoke_source, tmp_path / "cache"))
+    assert executed(result) == {"cache_key"}
+    assert re.search(r"^train - \(build/data/\w+\.npy: no such file", result.stdout, re.M), result.stdout
+    assert re.search(r"^tune - \(build/\S+: no such file", result.stdout, re.M), result.stdout

@@ -138,7 +138,7 @@ def test_stages_run_the_test_image_then_uint8_images(model_files, tmp_path):
     bundle.make_bundle(work / "cifar.onnx", work / "profile.yml", board, tmp_path / "bundle")
     write_image_inc(test_images[0], tmp_path / "source" / "input_image_test.inc", "synthetic 0", 0, LABELS[0])
     elfs = firmware.firmware_stage(board, bundle_dir=tmp_path / "bundle", source_dir=tmp_path / "source",
-                                   out_dir=tmp_path, network="cifar", labels=LABELS, input_bytes=INPUT_BYTES)
+                                   out_dir=tmp_path, network="cifar", labels=LABELS)
     assert sorted(firmware.firmware_targets(board, tmp_path)) == sorted(
         p for p in tmp_path.rglob("firmware.*") if "obj" not in p.parts)
     summary = firmware.emulation_stage(board, elf=elfs["emulator_elf"], bundle_dir=tmp_path / "bundle",

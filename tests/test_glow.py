@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import glow
-from pipeline.tools import Skipped
+from pipeline.tools import Skipped, ToolError
 
 BOARDS = Path(__file__).resolve().parents[1] / "boards"
 
@@ -76,7 +76,7 @@ def test_detection_and_backend_choice(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     monkeypatch.setenv("GLOW_BIN", str(tmp_path))
     assert glow.find_glow() is None and glow.choose_backend("auto") == "builtin"
-    with pytest.raises(Skipped, match="GLOW_BIN"):
+    with pytest.raises(ToolError, match="GLOW_BIN"):
         glow.choose_backend("glow")
     with pytest.raises(Skipped, match="not found"):
         glow.make_profile("m.onnx", [], tmp_path / "profile.yml")

@@ -7,12 +7,15 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tomllib
 from pathlib import Path
 
 import numpy
 import pytest
 
+from conftest import executed, run_doit
 from pipeline import release
+from pipeline.provenance import file_sha256
 
 
 def make_deliverables(folder: Path) -> dict:
@@ -225,3 +228,50 @@ def test_make_release_gives_a_verifiable_archive(tmp_path):
     assert (manifest["name"], manifest["commit"], manifest["skipped"]) == (
         "cifar", "unknown", {"rt685_hifi4/firmware": "no xt-clang (set XTENSA_TOOLS)"})
     assert set(manifest["files"]) == set(sources)
+
+
+def first_version_line(tool: str) -> str:
+    found = shutil.which(tool)
+    return subprocess.run([found, "--version"], capture_output=True, text=True).stdout.splitlines()[0].strip() \
+        if found else "absent"
+
+
+def rewrite_member(archive: Path, arcname: str, data: bytes) -> None:
+    """Replace one file's bytes inside a release archive, keeping every other entry."""
+    with tarfile.open(archive, "r:gz") as tar:
+        members = [(member, tar.extractfile(member).read() if member.isfile() else None) for member in tar]
+    with tarfile.open(archive, "w:gz") as tar:
+        for member, content in members:
+            if member.name.endswith("/" + arcname):
+                content, member.size = data, len(data)
+            tar.addfile(member, io.BytesIO(content) if content is not None else None)
+
+
+def test_release_and_verify_release_tasks_on_the_smoke_build(smoke_copy):
+    tree, env = smoke_copy
+    smoke = "config=configs/smoke.toml"
+    assert executed(run_doit(tree, smoke, "release", env=env)) == {"release"}  # the rest was built already
+    build = tree / "build"
+    archive, = (build / "release").glob("*.tar.gz")
+    with tarfile.open(archive, "r:gz") as tar:
+        manifest = json.load(tar.extractfile(f"{archive.name[:-len('.tar.gz')]}/MANIFEST.json"))
+
+    assert manifest["files"] and all(file_sha256(build / name) == sha for name, sha in manifest["files"].items())
+    elfs = {path.relative_to(build).as_posix() for path in build.glob("*/firmware.elf")}
+    assert elfs and elfs <= set(manifest["files"]), "every board's firmware ELF goes into the release"
+    records = {f"{path.stem}:{path.parent.parent.name}": path.read_text().strip()
+               for path in build.glob("*/skipped/*.txt")}
+    assert records and manifest["skipped"] == records, "the manifest lists exactly the steps the graph skipped"
+    assert {name: manifest["tools"]["tools"][name] for name in ("arm-none-eabi-gcc", "qemu-system-arm")} == \
+        {name: first_version_line(name) for name in ("arm-none-eabi-gcc", "qemu-system-arm")}
+    assert manifest["tools"]["packages"]["numpy"] == numpy.__version__
+    smoke_config = tomllib.loads((tree / "configs" / "smoke.toml").read_text())
+    assert manifest["config"]["training"]["epochs"] == smoke_config["training"]["epochs"]
+
+    verified = run_doit(tree, smoke, "verify_release", env=env)
+    assert f"OK, {len(manifest['files'])} files match" in verified.stdout
+
+    main_c = sorted(name for name in manifest["files"] if name.endswith("/source/main.c"))[0]
+    rewrite_member(archive, main_c, b"int main(void) { return 1; }\n")
+    failed = run_doit(tree, smoke, "verify_release", env=env, check=False)
+    assert failed.returncode != 0 and f"differs: {main_c}" in failed.stdout + failed.stderr
