@@ -99,9 +99,9 @@ def task_train():
     return {
         "actions": [cached_action(
             "train", stage("train:train", data_dir=DATA, out_dir=MODEL, channels=CONFIG["model"]["channels"], **recipe),
-            code_files=code("train", "model", "shapes", "atomic"), config_subset=subset(CONFIG, "training", "model.channels"),
-            input_files=inputs, libraries=["torch", "numpy"], outputs=outputs)],
-        "file_dep": inputs + code("train", "model", "shapes", "atomic"),
+            code_files=code("train", "evaluation", "model", "shapes", "atomic"),
+            config_subset=subset(CONFIG, "training", "model.channels"), input_files=inputs, libraries=["torch", "numpy"], outputs=outputs)],
+        "file_dep": inputs + code("train", "evaluation", "model", "shapes", "atomic"),
         "targets": [str(p) for p in outputs],
         "uptodate": [keys(subset(CONFIG, "training", "model.channels"))],
         "clean": True,
@@ -115,7 +115,7 @@ def task_export():
                           opset=CONFIG["export"]["opset"], verify_count=CONFIG["export"]["verify_images"],
                           tolerance=CONFIG["export"]["tolerance"], test_data_dir=MODEL / "test_data_set_0")],
         "file_dep": [str(PTH), str(DATA / "val_images.npy"), str(DATA / "classes.json")]
-                    + code("export", "evaluation", "train", "model", "shapes", "atomic"),
+                    + code("export", "evaluation", "model", "shapes", "atomic"),
         "targets": [str(ONNX), str(MODEL / "export_check.json")],
         "uptodate": [keys(subset(CONFIG, "export", "model.channels"))],
         "clean": True,

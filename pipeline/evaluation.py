@@ -7,11 +7,31 @@ import numpy as np
 from pipeline.shapes import to_input
 
 
+class ModelFileError(ValueError):
+    """A .pth that cannot be used, with how to fix it."""
+
+
+def load_state(model, path) -> None:
+    """Load a .pth state_dict, refusing one made for another network shape."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise ModelFileError(f"{path}: not a readable PyTorch state_dict ({err}); give a .pth saved by this "
+                             f"pipeline (torch.save(model.state_dict()))") from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, AttributeError, TypeError) as err:
+        first = str(err).strip().splitlines()[:3]
+        raise ModelFileError(f"{path}: does not match the network (model.channels / classes): "
+                             f"{' '.join(first)}; use a .pth trained with the same model.channels") from None
+
+
 def load_model(pth_path, channels=(32, 32, 64, 128), num_classes: int = 10):
     """CifarNet in eval mode with the weights of `pth_path` (a state_dict, as training saves it); a file that
     is missing, unreadable or made for another network shape is a clear error."""
     from pipeline.model import CifarNet
-    from pipeline.train import load_state
 
     pth_path = Path(pth_path)
     if not pth_path.is_file():

@@ -112,8 +112,8 @@ def skip_reason(check, *args) -> str | None:
         check(*args)
     except Skipped as skip:
         return skip.reason
-    except ToolError:
-        return None
+    except ToolError:  # no skip: the step runs and fails with the tool's message
+        pass
     return None
 
 

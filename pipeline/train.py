@@ -17,14 +17,11 @@ from tqdm import tqdm
 
 from pipeline import atomic
 from pipeline.dataset import load_classes, load_split
+from pipeline.evaluation import load_state
 from pipeline.model import CifarNet
 from pipeline.shapes import to_input
 
 EVAL_BATCH = 500
-
-
-class TrainingError(ValueError):
-    """A training input (config or .pth) that cannot be used, with how to fix it."""
 
 
 def setup_determinism(threads: int, seed: int) -> None:
@@ -55,21 +52,6 @@ def evaluate(model: nn.Module, images, labels) -> float:
             logits = model(torch.from_numpy(to_input(images[start:start + EVAL_BATCH])))
             correct += int((logits.argmax(1).numpy() == labels[start:start + EVAL_BATCH]).sum())
     return correct / max(len(labels), 1)
-
-
-def load_state(model: nn.Module, path) -> None:
-    """Load a .pth state_dict, refusing one made for another network shape."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file
-        raise TrainingError(f"{path}: not a readable PyTorch state_dict ({err}); give a .pth saved by this "
-                            f"pipeline (torch.save(model.state_dict()))") from None
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, AttributeError, TypeError) as err:
-        first = str(err).strip().splitlines()[:3]
-        raise TrainingError(f"{path}: does not match the network (model.channels / classes): "
-                            f"{' '.join(first)}; use a .pth trained with the same model.channels") from None
 
 
 def make_optimizer(model, optimizer: str, lr: float, weight_decay: float):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pipeline import config, dataset, train
+from pipeline.evaluation import ModelFileError
 from pipeline.model import CifarNet
 
 RECIPE = dict(config.TRAINING_PRESETS["an13331"], epochs=3)
@@ -84,9 +85,9 @@ def test_init_from_continues_from_a_pth(reference, data_dir, tmp_path):
 def test_pth_for_another_network_is_refused(data_dir, tmp_path):
     other = tmp_path / "other.pth"
     torch.save(CifarNet((4, 4, 4, 4)).state_dict(), other)
-    with pytest.raises(train.TrainingError, match=r"other.pth: does not match the network"):
+    with pytest.raises(ModelFileError, match=r"other.pth: does not match the network"):
         run(data_dir, tmp_path / "out", init_from=str(other))
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a model")
-    with pytest.raises(train.TrainingError, match=r"garbage.pth: not a readable PyTorch state_dict"):
+    with pytest.raises(ModelFileError, match=r"garbage.pth: not a readable PyTorch state_dict"):
         run(data_dir, tmp_path / "out", init_from=str(garbage))
