@@ -391,11 +391,9 @@ def task_report():
 
 def release_files() -> dict:
     """{name inside the archive: file} of every deliverable that was built."""
-    files = {f"model/{Path(p).name}": p for p in (PTH, ONNX, MODEL / "metrics.json", MODEL / "training.png",
-                                                   MODEL / "test_data_set_0" / "input_0.pb",
-                                                   MODEL / "test_data_set_0" / "output_0.pb")}
-    files.update({"model/test_data_set_0/input_0.pb": files.pop("model/input_0.pb"),
-                  "model/test_data_set_0/output_0.pb": files.pop("model/output_0.pb")})
+    model_files = (PTH.name, ONNX.name, "metrics.json", "training.png", "test_data_set_0/input_0.pb",
+                   "test_data_set_0/output_0.pb")
+    files = {f"model/{name}": MODEL / name for name in model_files}
     files.update({f"quant/{p.name}": p for p in (PROFILE, TUNED, ACCURACY)})
     files["report.md"] = BUILD / "report.md"
     for board in BOARDS:
