@@ -39,7 +39,8 @@ PROFILE, TUNED = QUANT_DIR / "profile.yml", QUANT_DIR / "profile_tuned.yml"
 ACCURACY, INT8_VAL = QUANT_DIR / "accuracy.json", QUANT_DIR / "int8_val_predictions.npy"
 BUNDLE_CODE = code("bundle", "int8_graph", "quantize", "profile", "shapes") + [
     str(p.relative_to(configuration.ROOT)) for p in sorted((configuration.ROOT / "pipeline" / "kernels").iterdir())]
-APP_FILES = [str(p.relative_to(configuration.ROOT)) for p in sorted((configuration.ROOT / "mcux_app").iterdir())]
+APP_FILES, ZEPHYR_FILES = ([str(p.relative_to(configuration.ROOT)) for p in sorted((configuration.ROOT / app).rglob("*"))
+                            if p.is_file()] for app in ("mcux_app", "zephyr_app"))
 EVALUATIONS = {"hardening": ["hardening.json", "hardening.md", "hardening.png"],
                "robustness": ["robustness.json", "robustness.md", "robustness.png"],
                "parity": ["parity.json", "parity.md"]}
@@ -63,8 +64,10 @@ def board_paths(board: str) -> dict:
 
 
 def bundle_files(board: str) -> list[str]:
+    """The bundle's header and weights, plus the generated C source with the built-in backend (Glow keeps none)."""
     folder = board_paths(board)["bundle"]
-    return [str(folder / f"{NAME}{suffix}") for suffix in (".h", ".c", ".weights.bin", ".weights.txt")]
+    suffixes = (".h", ".weights.bin", ".weights.txt") + ((".c",) if BACKEND == "builtin" else ())
+    return [str(folder / f"{NAME}{suffix}") for suffix in suffixes]
 
 
 # Why a step cannot run on this machine (None: it runs), decided once when the graph is declared.
@@ -116,7 +119,8 @@ def task_export():
                           tolerance=CONFIG["export"]["tolerance"], test_data_dir=MODEL / "test_data_set_0")],
         "file_dep": [str(PTH), str(DATA / "val_images.npy"), str(DATA / "classes.json")]
                     + code("export", "evaluation", "model", "shapes", "atomic"),
-        "targets": [str(ONNX), str(MODEL / "export_check.json")],
+        "targets": [str(ONNX), str(MODEL / "export_check.json"), str(MODEL / "test_data_set_0" / "input_0.pb"),
+                    str(MODEL / "test_data_set_0" / "output_0.pb")],
         "uptodate": [keys(subset(CONFIG, "export", "model.channels"))],
         "clean": True,
     }
@@ -271,7 +275,8 @@ def sdk_builds(step: str, function: str, out: str, elf: str):
     for board, spec in BOARDS.items():
         paths = board_paths(board)
         record = paths["skipped"] / f"{step}.txt"
-        deps = [str(paths["main_c"]), str(paths["inc"])] + bundle_files(board)
+        deps = [str(paths["main_c"]), str(paths["inc"])] + bundle_files(board) + APP_FILES + ZEPHYR_FILES \
+            + code("firmware")
         if SKIPS[board].get(step):
             yield skipped_task(record, SKIPS[board][step], name=board, file_dep=deps)
             continue
@@ -285,6 +290,7 @@ def sdk_builds(step: str, function: str, out: str, elf: str):
             "file_dep": deps + [str(paths["object"])],
             "targets": [str(out_dir / elf)],
             "uptodate": [keys({"board": spec})],
+            "clean": True,
         })
 
 

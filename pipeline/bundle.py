@@ -3,7 +3,6 @@ cifar.weights.bin/.txt, cifar.o per board), plus a host build of the same C to m
 
 Glow's memory model: `constantWeight` holds weights (cifar.weights.bin), `mutableWeight` the float input and
 output placeholders at <NAME>_<placeholder> offsets, `activations` the scratch, planned by liveness."""
-import os
 import re
 import shutil
 import tempfile
@@ -15,17 +14,13 @@ import numpy as np
 from pipeline import int8_graph
 from pipeline.atomic import atomic_dir, write_bytes
 from pipeline.profile import read_profile
-from pipeline.tools import Skipped, ToolError, find_tool, run_tool
+from pipeline.tools import ARM_INSTALL_HINT, XTENSA_INSTALL_HINT, Skipped, arm_tool, run_tool, xtensa_tool
 
 MEM_ALIGN = 64
 KERNELS_DIR = Path(__file__).parent / "kernels"
 KERNEL_SOURCES = ("add_s8.c", "conv2d_s8.c", "dequantize_s8_f32.c", "fully_connected_s8.c", "max_pool_s8.c",
                   "quantize_f32_s8.c", "relu_s8.c", "softmax_f32.c")
 BASE_CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-ffunction-sections", "-fdata-sections"]
-ARM_INSTALL_HINT = ("Install the Arm GNU toolchain (Debian: apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi, "
-                    "or run make bootstrap).")
-XTENSA_HINT = ("no Xtensa toolchain (set XCC to xt-clang, or put xt-clang on PATH, with XTENSA_SYSTEM and "
-               "XTENSA_CORE as in NXP's RT685 HiFi4 readme)")
 
 
 def _align(n: int) -> int:
@@ -281,16 +276,9 @@ def require_compiler(board: dict) -> tuple:
     """(C compiler, partial linker) for the board's toolchain. A missing Arm toolchain is a ToolError (the
     bootstrap installs it); a missing Xtensa toolchain is Skipped (the user must provide it)."""
     if board["toolchain"] == "arm-none-eabi":
-        cc = find_tool("arm-none-eabi-gcc", "ARM_TOOLCHAIN_BIN")
-        if cc is None:
-            raise ToolError(f"arm-none-eabi-gcc not found on PATH (or set ARM_TOOLCHAIN_BIN to its folder). "
-                            f"{ARM_INSTALL_HINT}")
-        return cc, str(Path(cc).with_name("arm-none-eabi-ld"))
+        return arm_tool("gcc"), arm_tool("ld")
     if board["toolchain"] == "xtensa":
-        cc = os.environ.get("XCC") or shutil.which("xt-clang")
-        if not cc:
-            raise Skipped(XTENSA_HINT)
-        return cc, os.environ.get("XLD") or str(Path(cc).with_name("xt-ld"))
+        return xtensa_tool(board, "xt-clang"), xtensa_tool(board, "xt-ld")
     raise ValueError(f"board {board.get('name')!r}: unknown toolchain {board['toolchain']!r}; "
                      f"use arm-none-eabi or xtensa in boards/<name>.toml")
 
@@ -307,7 +295,7 @@ def compile_object(sources_dir, board: dict, network_name: str = "cifar", target
     sources_dir = Path(sources_dir)
     target = Path(target) if target else sources_dir / f"{network_name}.o"
     cc, ld = require_compiler(board)
-    hint = ARM_INSTALL_HINT if board["toolchain"] == "arm-none-eabi" else XTENSA_HINT
+    hint = ARM_INSTALL_HINT if board["toolchain"] == "arm-none-eabi" else XTENSA_INSTALL_HINT
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         kernels = used_kernels(sources_dir / f"{network_name}.c")
@@ -380,19 +368,20 @@ def run_host_bundle(runner, weights_bin, inputs: np.ndarray, work_dir) -> np.nda
     return np.fromfile(outputs, dtype="<f4").reshape(len(inputs), -1)
 
 
+def host_outputs(bundle_dir, inputs: np.ndarray, work_dir, network_name: str = "cifar") -> np.ndarray:
+    """The bundle's float outputs for float NCHW inputs, from its C compiled for this machine."""
+    runner = build_host_runner(bundle_dir, work_dir, network_name)
+    return run_host_bundle(runner, Path(bundle_dir) / f"{network_name}.weights.bin", inputs, work_dir)
+
+
 def evaluate_bundle(onnx_path, bundle_dir, images: np.ndarray, labels: np.ndarray, work_dir,
                     network_name: str = "cifar") -> dict:
     """Float (ONNX Runtime) vs deployed int8 (host-compiled bundle) top-1 accuracy on uint8 NHWC images."""
-    import onnxruntime
-
+    from pipeline.evaluation import onnxruntime_logits
     from pipeline.shapes import to_input
 
-    inputs, labels = to_input(images), np.asarray(labels)
-    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    float_out = np.concatenate([session.run(None, {input_name: inputs[i:i + 1]})[0] for i in range(len(inputs))])
-    runner = build_host_runner(bundle_dir, work_dir, network_name)
-    int8_out = run_host_bundle(runner, Path(bundle_dir) / f"{network_name}.weights.bin", inputs, work_dir)
-    float_acc, int8_acc = int8_graph.accuracy(float_out, labels), int8_graph.accuracy(int8_out, labels)
+    labels = np.asarray(labels)
+    float_acc = int8_graph.accuracy(onnxruntime_logits(onnx_path, images), labels)
+    int8_acc = int8_graph.accuracy(host_outputs(bundle_dir, to_input(images), work_dir, network_name), labels)
     return {"images": int(len(labels)), "float_accuracy": float_acc, "int8_accuracy": int8_acc,
             "int8_minus_float_points": round(100 * (int8_acc - float_acc), 3)}

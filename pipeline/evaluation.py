@@ -11,15 +11,20 @@ class ModelFileError(ValueError):
     """A .pth that cannot be used, with how to fix it."""
 
 
-def load_state(model, path) -> None:
-    """Load a .pth state_dict, refusing one made for another network shape."""
+def read_state(path) -> dict:
+    """A .pth state_dict, or a clear error for a file that is not one."""
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad file
         raise ModelFileError(f"{path}: not a readable PyTorch state_dict ({err}); give a .pth saved by this "
                              f"pipeline (torch.save(model.state_dict()))") from None
+
+
+def load_state(model, path, state: dict | None = None) -> None:
+    """Load a .pth state_dict into `model`, refusing one made for another network shape."""
+    state = read_state(path) if state is None else state
     try:
         model.load_state_dict(state)
     except (RuntimeError, AttributeError, TypeError) as err:
@@ -28,16 +33,18 @@ def load_state(model, path) -> None:
                              f"{' '.join(first)}; use a .pth trained with the same model.channels") from None
 
 
-def load_model(pth_path, channels=(32, 32, 64, 128), num_classes: int = 10):
-    """CifarNet in eval mode with the weights of `pth_path` (a state_dict, as training saves it); a file that
-    is missing, unreadable or made for another network shape is a clear error."""
+def load_model(pth_path, channels=(32, 32, 64, 128)):
+    """CifarNet in eval mode with the weights of `pth_path` (a state_dict, as training saves it), with as many
+    classes as its classifier has; a missing, unreadable or mismatched file is a clear error."""
     from pipeline.model import CifarNet
 
     pth_path = Path(pth_path)
     if not pth_path.is_file():
         raise FileNotFoundError(f"model weights {pth_path} do not exist; run the training task first (doit train)")
-    model = CifarNet(channels=tuple(channels), num_classes=num_classes)
-    load_state(model, pth_path)
+    state = read_state(pth_path)
+    classifier = state.get("classifier.weight") if isinstance(state, dict) else None
+    model = CifarNet(channels=tuple(channels), num_classes=10 if classifier is None else classifier.shape[0])
+    load_state(model, pth_path, state)
     return model.eval()
 
 
@@ -72,3 +79,20 @@ def balanced_subset(labels, count: int) -> np.ndarray:
         rank[members] = np.arange(len(members))
     order = np.lexsort((labels, rank))
     return np.sort(order[:count])
+
+
+def require_onnx(onnx_path) -> Path:
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"ONNX model {onnx_path} does not exist; run the export task first (doit export)")
+    return onnx_path
+
+
+def onnxruntime_logits(onnx_path, images) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(require_onnx(onnx_path)), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = to_input(images)
+    # The export has a fixed batch of 1, as the bundle does: one image per run.
+    return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))]).astype(np.float32)

@@ -13,7 +13,7 @@ import torch
 from onnx import numpy_helper
 
 from pipeline import atomic
-from pipeline.dataset import load_classes, load_split
+from pipeline.dataset import load_split
 from pipeline.model import CifarNet
 from pipeline.shapes import INPUT_SHAPE, to_input
 from pipeline.evaluation import load_model
@@ -57,7 +57,7 @@ def export(pth, out_onnx, *, data_dir, channels, opset: int, verify_count: int, 
            test_data_dir) -> dict:
     """Export, verify against PyTorch on the first `verify_count` validation images, then write the model
     and its test data."""
-    model = load_model(pth, channels, len(load_classes(data_dir)))
+    model = load_model(pth, channels)
     verify_images = load_split(data_dir, "val")[0][:verify_count]
     data = onnx_bytes(model, opset)
     onnx.checker.check_model(onnx.load_from_string(data))

@@ -23,10 +23,10 @@ import numpy as np
 
 from pipeline.atomic import atomic_path, write_bytes, write_text
 from pipeline import hardening as hardening_c
-from pipeline.bundle import ARM_INSTALL_HINT, build_host_runner, run_host_bundle
+from pipeline.bundle import build_host_runner, run_host_bundle
 from pipeline.evaluation import softmax
 from pipeline.shapes import INPUT_SHAPE, to_input
-from pipeline.tools import Skipped, ToolError, find_tool, run_tool
+from pipeline.tools import ARM_INSTALL_HINT, Skipped, ToolError, arm_tool, find_tool, run_tool, xtensa_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 MCUX_APP = ROOT / "mcux_app"
@@ -143,14 +143,8 @@ def render_linker_script(out_path, board: dict, for_emulator: bool = False) -> P
 # variable to set; the Arm toolchain and QEMU, which the bootstrap installs, raise ToolError with the install
 # command when missing.
 def require_toolchain(board: dict) -> str:
-    """The board's C compiler (arm-none-eabi-gcc, or xt-clang with XTENSA_SYSTEM set for Xtensa boards)."""
-    if board["toolchain"] == "xtensa":
-        xt_clang = find_tool("xt-clang", "XTENSA_TOOLS")
-        if xt_clang is None or not os.environ.get("XTENSA_SYSTEM"):
-            raise Skipped(f"no Xtensa toolchain for {board['name']} (set XTENSA_TOOLS to the folder of xt-clang and "
-                          f"XTENSA_SYSTEM to the core registry holding {board['xtensa']['core']})")
-        return xt_clang
-    return _arm_tool(board, "gcc")
+    """The board's C compiler: arm-none-eabi-gcc, or xt-clang (with XTENSA_SYSTEM) for Xtensa boards."""
+    return xtensa_tool(board) if board["toolchain"] == "xtensa" else _arm_tool(board, "gcc")
 
 
 def require_emulator(board: dict) -> None:
@@ -185,11 +179,7 @@ def _arm_tool(board: dict, tool: str) -> str:
     if board["toolchain"] != "arm-none-eabi":
         raise Skipped(f"board {board['name']} uses the {board['toolchain']} toolchain; the bare-metal Arm build "
                       f"does not apply")
-    name = f"arm-none-eabi-{tool}"
-    path = find_tool(name, "ARM_TOOLCHAIN_BIN")
-    if path is None:
-        raise ToolError(f"{name} not found on PATH (or set ARM_TOOLCHAIN_BIN to its folder). {ARM_INSTALL_HINT}")
-    return path
+    return arm_tool(tool)
 
 
 def _prefix_maps(named_dirs: dict) -> list[str]:

@@ -49,10 +49,6 @@ def stage(target: str, **kwargs):
     return (_call, (target, kwargs))
 
 
-def paths(*items) -> list[str]:
-    return [str(Path(p)) for p in items]
-
-
 _LOCK = None
 
 

@@ -9,33 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import write_text
-from pipeline.evaluation import balanced_subset, load_model, torch_logits
+from pipeline.evaluation import balanced_subset, load_model, onnxruntime_logits, require_onnx, torch_logits
 from pipeline.shapes import to_input
 
 OPENCV_PIN = "opencv-python-headless==4.13.0.92"
 
 
-def _require_onnx(onnx_path) -> Path:
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX model {onnx_path} does not exist; run the export task first (doit export)")
-    return onnx_path
-
-
-def onnxruntime_logits(onnx_path, images) -> np.ndarray:
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(_require_onnx(onnx_path)), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    x = to_input(images)
-    # The export has a fixed batch of 1, as the bundle does: one image per run.
-    return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))]).astype(np.float32)
-
-
 def opencv_logits(onnx_path, images) -> np.ndarray:
     import cv2
 
-    net = cv2.dnn.readNetFromONNX(str(_require_onnx(onnx_path)))
+    net = cv2.dnn.readNetFromONNX(str(require_onnx(onnx_path)))
     x, out = to_input(images), []
     for i in range(len(x)):
         net.setInput(x[i:i + 1])

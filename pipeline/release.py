@@ -14,7 +14,6 @@ import io
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -22,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from pipeline.atomic import atomic_path
 from pipeline.provenance import ABSENT, file_sha256, package_versions, tree_digests, tree_differences
+from pipeline.tools import find_tool
 
 MANIFEST = "MANIFEST.json"
 ARCHIVE_SUFFIX = ".tar.gz"
@@ -29,12 +29,13 @@ ARCHIVE_SUFFIX = ".tar.gz"
 PYTHON_PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "pillow", "jinja2", "pyyaml", "matplotlib", "tqdm",
                    "doit", "west")
 # Tool name -> command printing its version. Glow's tools are looked up under $GLOW_BIN as well as PATH.
+# name: (command, the variable naming its folder, as the stages that run it look it up)
 TOOLS = {
-    "arm-none-eabi-gcc": ["arm-none-eabi-gcc", "--version"],
-    "qemu-system-arm": ["qemu-system-arm", "--version"],
-    "glow model-compiler": ["model-compiler", "--version"],
-    "glow model-tuner": ["model-tuner", "--version"],
-    "glow image-classifier": ["image-classifier", "--version"],
+    "arm-none-eabi-gcc": (["arm-none-eabi-gcc", "--version"], "ARM_TOOLCHAIN_BIN"),
+    "qemu-system-arm": (["qemu-system-arm", "--version"], "QEMU_BIN"),
+    "glow model-compiler": (["model-compiler", "--version"], "GLOW_BIN"),
+    "glow model-tuner": (["model-tuner", "--version"], "GLOW_BIN"),
+    "glow image-classifier": (["image-classifier", "--version"], "GLOW_BIN"),
 }
 
 
@@ -53,10 +54,9 @@ def source_date_epoch() -> int:
     return int(value)
 
 
-def _tool_version(command: list[str]) -> str:
+def _tool_version(command: list[str], env_var: str | None = None) -> str:
     """First line of the tool's version output that holds a digit, or ABSENT if the tool is not found."""
-    search_path = os.pathsep.join(filter(None, [os.environ.get("GLOW_BIN"), os.environ.get("PATH")]))
-    executable = shutil.which(command[0], path=search_path)
+    executable = find_tool(command[0], env_var)
     if executable is None:
         return ABSENT
     try:
@@ -73,7 +73,7 @@ def tool_versions(python_packages=PYTHON_PACKAGES, tools=None) -> dict:
     return {
         "python": platform.python_version(),
         "packages": package_versions(python_packages),
-        "tools": {name: _tool_version(command) for name, command in sorted((tools or TOOLS).items())},
+        "tools": {name: _tool_version(*spec) for name, spec in sorted((tools or TOOLS).items())},
     }
 
 

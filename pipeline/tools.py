@@ -40,3 +40,28 @@ def run_tool(cmd, install_hint: str, cwd=None, tail_lines: int = 30) -> subproce
             f"command failed (exit {result.returncode}): {' '.join(cmd)}\n{tail}\n{install_hint}"
         )
     return result
+
+
+ARM_INSTALL_HINT = ("Install the Arm GNU toolchain (Debian: apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi, "
+                    "or run make bootstrap).")
+XTENSA_INSTALL_HINT = ("Install the Cadence Xtensa tools (xt-clang) with the RT685 HiFi4 core as in NXP's RT685 HiFi4 "
+                       "readme, or build with Zephyr.")
+
+
+def arm_tool(tool: str) -> str:
+    """arm-none-eabi-<tool>: the bootstrap installs it, so its absence is an error with the install command."""
+    name = f"arm-none-eabi-{tool}"
+    path = find_tool(name, "ARM_TOOLCHAIN_BIN")
+    if path is None:
+        raise ToolError(f"{name} not found on PATH (or set ARM_TOOLCHAIN_BIN to its folder). {ARM_INSTALL_HINT}")
+    return path
+
+
+def xtensa_tool(board: dict, tool: str = "xt-clang") -> str:
+    """An Xtensa tool for the board (XTENSA_TOOLS or PATH, with XTENSA_SYSTEM set); Skipped when the user has
+    not provided them: the one check every Xtensa step uses."""
+    path = find_tool(tool, "XTENSA_TOOLS")
+    if path is None or not os.environ.get("XTENSA_SYSTEM"):
+        raise Skipped(f"no Xtensa toolchain for {board['name']} (set XTENSA_TOOLS to the folder of xt-clang and "
+                      f"XTENSA_SYSTEM to the core registry holding {board['xtensa']['core']})")
+    return path

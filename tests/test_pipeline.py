@@ -70,7 +70,7 @@ def test_hifi4_steps_are_skipped_with_reasons_and_leave_no_fake_artifacts(smoke_
     root = smoke_build / "build" / "rt685_hifi4"
     assert not (root / "bundle" / "cifar.o").exists() and not (root / "firmware.elf").exists()
     assert "no Xtensa toolchain" in (root / "skipped" / "firmware.txt").read_text()
-    assert "XCC" in (root / "skipped" / "bundle_object.txt").read_text()
+    assert "XTENSA_TOOLS" in (root / "skipped" / "bundle_object.txt").read_text()
     report = (smoke_build / "build" / "report.md").read_text()
     assert "firmware: skipped: no Xtensa toolchain" in report
 

@@ -157,7 +157,7 @@ def test_missing_deliverable_is_named(tmp_path):
 
 def test_tool_versions_records_present_and_absent_tools(monkeypatch):
     versions = release.tool_versions(["numpy", "no-such-package-xyz"],
-                                     tools={"missing tool": ["no-such-tool-xyz", "--version"]})
+                                     tools={"missing tool": (["no-such-tool-xyz", "--version"], None)})
     assert versions["packages"] == {"numpy": numpy.__version__, "no-such-package-xyz": "absent"}
     assert versions["tools"] == {"missing tool": "absent"}
     if shutil.which("arm-none-eabi-gcc"):
@@ -171,7 +171,7 @@ def test_glow_tools_are_found_under_glow_bin(tmp_path, monkeypatch):
     fake.write_text("#!/bin/sh\necho 'LLVM (http://llvm.org/):'\necho '  LLVM version 8.0.1'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("GLOW_BIN", str(fake.parent))
-    tools = release.tool_versions([], tools={"glow": ["model-compiler", "--version"]})["tools"]
+    tools = release.tool_versions([], tools={"glow": release.TOOLS["glow model-compiler"]})["tools"]
     assert tools == {"glow": "LLVM version 8.0.1"}
 
 
