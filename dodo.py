@@ -29,7 +29,7 @@ except (configuration.ConfigError, dataset.DatasetError, ToolError) as err:
 
 BUILD = Path(CONFIG["project"]["build_dir"])
 NAME = CONFIG["project"]["name"]
-QUANT = CONFIG["quantization"]
+QUANT, HARDENING = CONFIG["quantization"], CONFIG["firmware"]["hardening"]
 BOARDS = {name: configuration.load_board(name) for name in CONFIG["firmware"]["boards"]}
 DATA, MODEL, QUANT_DIR, REPORTS = BUILD / "data", BUILD / "model", BUILD / "quant", BUILD / "reports"
 DATA_FILES = [str(DATA / f) for f in (*dataset.ARRAY_FILES, "classes.json", "manifest.json")]
@@ -99,14 +99,15 @@ def task_train():
     recipe = {k: training[k] for k in (*configuration.RECIPE_KEYS, "seed", "threads", "init_from", "preset")}
     inputs = DATA_FILES + ([training["init_from"]] if training["init_from"] else [])
     outputs = [PTH, MODEL / "metrics.json", MODEL / "training.png"]
+    train_code, settings = code("train", "evaluation", "model", "shapes", "atomic"), subset(CONFIG, "training",
+                                                                                          "model.channels")
     return {
         "actions": [cached_action(
             "train", stage("train:train", data_dir=DATA, out_dir=MODEL, channels=CONFIG["model"]["channels"], **recipe),
-            code_files=code("train", "evaluation", "model", "shapes", "atomic"),
-            config_subset=subset(CONFIG, "training", "model.channels"), input_files=inputs, libraries=["torch", "numpy"], outputs=outputs)],
-        "file_dep": inputs + code("train", "evaluation", "model", "shapes", "atomic"),
+            code_files=train_code, config_subset=settings, input_files=inputs, libraries=["torch", "numpy"], outputs=outputs)],
+        "file_dep": inputs + train_code,
         "targets": [str(p) for p in outputs],
-        "uptodate": [keys(subset(CONFIG, "training", "model.channels"))],
+        "uptodate": [keys(settings)],
         "clean": True,
     }
 
@@ -209,7 +210,7 @@ def task_image_inc():
 def task_main_c():
     """main.c rendered from mcux_app/main.c.j2: the app note's patched SDK example, done by the graph."""
     for board, spec in BOARDS.items():
-        paths, hardening = board_paths(board), CONFIG["firmware"]["hardening"].get(board)
+        paths, hardening = board_paths(board), HARDENING.get(board)
         yield {
             "name": board,
             "actions": [stage("firmware:main_c_stage", board=spec, data_dir=DATA, bundle_dir=paths["bundle"],
@@ -232,7 +233,7 @@ def task_firmware():
         if reason:
             yield skipped_task(record, reason, name=board, file_dep=deps)
             continue
-        hardening = CONFIG["firmware"]["hardening"].get(board)
+        hardening = HARDENING.get(board)
         yield runnable(record, {
             "name": board,
             "actions": [stage("firmware:build_firmware", board=spec, main_c=paths["main_c"],
@@ -256,7 +257,7 @@ def task_emulate():
             continue
         elf = paths["root"] / ("emulator" if needs_emulator_link(spec) else "") / "firmware.elf"
         settings = subset(CONFIG, "firmware.emulator_images", "firmware.emulator_timeout", "project.name")
-        hardening = CONFIG["firmware"]["hardening"].get(board)
+        hardening = HARDENING.get(board)
         yield runnable(record, {
             "name": board,
             "actions": [stage("firmware:emulate_stage", board=spec, data_dir=DATA,
@@ -286,7 +287,7 @@ def sdk_builds(step: str, function: str, out: str, elf: str):
             "name": board,
             "actions": [stage(f"firmware:{function}", board=spec, source_dir=paths["source"],
                               bundle_dir=paths["bundle"], network=NAME,
-                              hardening=bool(CONFIG["firmware"]["hardening"].get(board)), **kwargs)],
+                              hardening=bool(HARDENING.get(board)), **kwargs)],
             "file_dep": deps + [str(paths["object"])],
             "targets": [str(out_dir / elf)],
             "uptodate": [keys({"board": spec})],

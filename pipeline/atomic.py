@@ -36,6 +36,19 @@ def write_text(target, text: str) -> None:
     write_bytes(target, text.encode("utf-8"))
 
 
+def save_npy(target, array) -> None:
+    import numpy as np
+
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def save_png(target, figure) -> None:
+    """A matplotlib figure as PNG, without the metadata that would make two builds differ."""
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+
+
 @contextlib.contextmanager
 def atomic_dir(target):
     """Yield a temp folder beside `target`; on success it replaces `target` whole."""

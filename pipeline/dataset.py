@@ -236,12 +236,6 @@ def split_validation(images, labels, per_class: int, seed: int):
     return (images[~mask], labels[~mask]), (images[held], labels[held])
 
 
-def _save_npy(path: Path, array) -> None:
-    with atomic.atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-
 def _write_pngs(folder: Path, images, labels, classes, per_class: int, csv_name: str | None):
     """`per_class` images of each class as PNGs; with csv_name, a flat folder plus a Labels.csv like the note's."""
     with atomic.atomic_dir(folder) as tmp:
@@ -272,8 +266,8 @@ def build_dataset(source: str, out_dir, root, validation_per_class: int, train_p
     arrays = {"train": train, "val": val, "test": splits["test"]}
     out_dir.mkdir(parents=True, exist_ok=True)
     for split, (images, labels) in arrays.items():
-        _save_npy(out_dir / f"{split}_images.npy", images)
-        _save_npy(out_dir / f"{split}_labels.npy", labels)
+        atomic.save_npy(out_dir / f"{split}_images.npy", images)
+        atomic.save_npy(out_dir / f"{split}_labels.npy", labels)
     atomic.write_text(out_dir / "classes.json", json.dumps(classes) + "\n")
     _write_pngs(out_dir / "images", *val, classes, images_per_class, csv_name=None)
     # Tuning images come after the calibration ones so the two sets do not overlap.

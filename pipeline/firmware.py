@@ -24,11 +24,11 @@ import numpy as np
 from pipeline.atomic import atomic_path, write_bytes, write_text
 from pipeline import hardening as hardening_c
 from pipeline.bundle import build_host_runner, run_host_bundle
+from pipeline.config import ROOT
 from pipeline.evaluation import softmax
 from pipeline.shapes import INPUT_SHAPE, to_input
 from pipeline.tools import ARM_INSTALL_HINT, Skipped, ToolError, arm_tool, find_tool, run_tool, xtensa_tool
 
-ROOT = Path(__file__).resolve().parent.parent
 MCUX_APP = ROOT / "mcux_app"
 ZEPHYR_APP = ROOT / "zephyr_app"
 # Sources of the bare-metal semihosting build, beside the rendered main.c.

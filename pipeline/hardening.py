@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_path, write_text
+from pipeline.atomic import save_png, write_text
 from pipeline.config import SCHEMA
 
 F32 = np.float32
@@ -187,8 +187,7 @@ def plot(probabilities, options, png_path, max_points: int = 2000) -> None:
         ax.set(title=option_label(option), xlabel="softmax confidence", xlim=(0, 1), ylim=(0, 1))
     axes[0][0].set_ylabel("reported confidence")
     fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    save_png(png_path, fig)
     plt.close(fig)
 
 

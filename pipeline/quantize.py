@@ -105,9 +105,7 @@ def int8_predictions_stage(onnx_path, profile_path, data_dir, split: str, max_im
     with host_bundle(onnx_path, profile_path, network) as (sources, work):
         runner = bundle.build_host_runner(sources, work, network)
         outputs = bundle.run_host_bundle(runner, sources / f"{network}.weights.bin", inputs, work)
-    with atomic.atomic_path(out_path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, outputs.argmax(axis=1))
+    atomic.save_npy(out_path, outputs.argmax(axis=1))
 
 
 def accuracy_stage(onnx_path, profiles: dict, data_dir, out_path, network: str, eval_images: int) -> dict:

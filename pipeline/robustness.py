@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path, write_text
+from pipeline.atomic import save_png, write_text
 from pipeline.config import SCHEMA
 from pipeline.evaluation import balanced_subset, load_model, softmax, torch_logits
 from pipeline.shapes import to_input
@@ -174,8 +174,7 @@ def plot(result: dict, png_path) -> None:
            title=f"Input-transformation voting, {result['images']} images")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    save_png(png_path, fig)
     plt.close(fig)
 
 

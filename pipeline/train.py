@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from pipeline import atomic
 from pipeline.dataset import load_classes, load_split
-from pipeline.evaluation import load_state
+from pipeline.evaluation import load_state, torch_logits
 from pipeline.model import CifarNet
 from pipeline.shapes import to_input
 
@@ -45,12 +45,9 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def evaluate(model: nn.Module, images, labels) -> float:
     """Top-1 accuracy of the float model on uint8 NHWC images."""
     model.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(labels), EVAL_BATCH):
-            logits = model(torch.from_numpy(to_input(images[start:start + EVAL_BATCH])))
-            correct += int((logits.argmax(1).numpy() == labels[start:start + EVAL_BATCH]).sum())
-    return correct / max(len(labels), 1)
+    if not len(labels):
+        return 0.0
+    return float((torch_logits(model, images, EVAL_BATCH).argmax(1) == labels).mean())
 
 
 def make_optimizer(model, optimizer: str, lr: float, weight_decay: float):
@@ -169,6 +166,5 @@ def plot_training(history, path, title: str) -> None:
     ax_acc.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
+    atomic.save_png(path, fig)
     plt.close(fig)
