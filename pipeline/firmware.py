@@ -463,7 +463,7 @@ def mcux_sdk_build(board: dict, *, source_dir, bundle_dir, network: str, out_dir
     render_mcux_cmake(out_dir / "CMakeLists.txt", board, network, hardening)
     env = {**environ, "ARMGCC_DIR": environ.get("ARMGCC_DIR", "/usr")}
     for cmd in mcux_sdk_commands(environ["MCUX_SDK_ROOT"], out_dir, out_dir / "build", source_dir, bundle_dir):
-        _run_with_env(cmd, env, "see the SDK's docs/MCUXpresso SDK Getting Started (armgcc)")
+        run_tool(cmd, "see the SDK's docs/MCUXpresso SDK Getting Started (armgcc)", env=env)
     return out_dir / "build" / "firmware.elf"
 
 
@@ -488,15 +488,8 @@ def zephyr_build(board: dict, *, build_dir, source_dir, bundle_dir, network: str
     require_zephyr(board, environ)
     cmd, extra = zephyr_build_command(board, build_dir=build_dir, source_dir=source_dir, bundle_dir=bundle_dir,
                                       network=network, hardening=hardening)
-    _run_with_env(cmd, {**environ, **extra}, "see https://docs.zephyrproject.org/latest/develop/getting_started/")
+    run_tool(cmd, "see https://docs.zephyrproject.org/latest/develop/getting_started/", env={**environ, **extra})
     return Path(build_dir) / "zephyr" / "zephyr.elf"
-
-
-def _run_with_env(cmd, env: dict, hint: str) -> None:
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise ToolError(f"command failed (exit {done.returncode}): {' '.join(cmd)}\n"
-                        f"{_tail(done.stderr or done.stdout, 30)}\n{hint}")
 
 
 # ------------------------------------------------------------------------------------------ stages for doit

@@ -27,9 +27,10 @@ def write_image_inc(image: np.ndarray, out_path, image_name: str, label: int, cl
     write_text(out_path, render_image_inc(image, image_name, label, class_name))
 
 
-def first_image_of_class(labels: np.ndarray, label: int) -> int:
-    """Index of the first image with `label` (the default test image is the first horse, label 7)."""
+def image_of_class(labels: np.ndarray, label: int, index: int = 0) -> int:
+    """Position of the `index`-th image with `label` (the default test image is the first horse, label 7)."""
     hits = np.flatnonzero(np.asarray(labels) == label)
-    if len(hits) == 0:
-        raise ValueError(f"no image with label {label} in the split; choose another test label in the config")
-    return int(hits[0])
+    if index >= len(hits):
+        raise ValueError(f"the split has {len(hits)} images with label {label}, so there is no image {index} of it; "
+                         f"choose an index below {len(hits)} or another class")
+    return int(hits[index])

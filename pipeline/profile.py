@@ -39,17 +39,6 @@ def model_hash(onnx_path) -> int:
     return int.from_bytes(hashlib.sha256(Path(onnx_path).read_bytes()).digest()[:8], "big")
 
 
-def calibration_indices(labels: np.ndarray, per_class: int = 1) -> np.ndarray:
-    """The first `per_class` images of each class (the note profiles one image per class), in class order."""
-    labels = np.asarray(labels)
-    picked = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]
-    short = [int(c) for c, idx in zip(np.unique(labels), picked) if len(idx) < per_class]
-    if short:
-        raise ValueError(f"classes {short} have fewer than {per_class} calibration images; lower the calibration "
-                         f"count per class in the config or use a larger split")
-    return np.concatenate(picked)
-
-
 def calibrate(graph: int8_graph.Graph, images: np.ndarray, bins: int = HISTOGRAM_BINS) -> list:
     """Min/max/histogram of every node output over the images (uint8 NHWC)."""
     if len(images) == 0:

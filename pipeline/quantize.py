@@ -19,10 +19,12 @@ from pipeline.shapes import to_input
 def calibration_images(data_dir, per_class: int) -> list[Path]:
     """The first `per_class` PNGs of each class in build/data/images/, in class order."""
     folder = Path(data_dir) / "images"
-    paths = [p for cls in load_classes(data_dir) for p in sorted((folder / cls).glob("*.png"))[:per_class]]
-    if not paths:
-        raise ValueError(f"{folder} holds no calibration images; rebuild the dataset (doit dataset)")
-    return paths
+    picked = {cls: sorted((folder / cls).glob("*.png"))[:per_class] for cls in load_classes(data_dir)}
+    short = [cls for cls, paths in picked.items() if len(paths) < per_class]
+    if short:
+        raise ValueError(f"{folder}: classes {short} have fewer than {per_class} calibration images; lower "
+                         f"quantization.calibration_per_class or raise dataset.images_per_class")
+    return [p for paths in picked.values() for p in paths]
 
 
 def tuning_set(data_dir) -> tuple[Path, Path]:
@@ -76,11 +78,11 @@ def image_inc_stage(data_dir, out_path, class_name: str, index: int) -> None:
                          f"valid classes: {', '.join(classes)}")
     images, labels = load_split(data_dir, "test")
     label = classes.index(class_name)
-    hits = np.flatnonzero(labels == label)
-    if index >= len(hits):
-        raise ValueError(f"quantization.test_image_index = {index}: the test split has only {len(hits)} "
-                         f"{class_name} images; choose an index below {len(hits)}")
-    image_inc.write_image_inc(images[hits[index]], out_path, f"test/{class_name}/{index:04d}", label, class_name)
+    try:
+        position = image_inc.image_of_class(labels, label, index)
+    except ValueError as err:
+        raise ValueError(f"quantization.test_image_index = {index} ({class_name}): {err}") from None
+    image_inc.write_image_inc(images[position], out_path, f"test/{class_name}/{index:04d}", label, class_name)
 
 
 @contextlib.contextmanager

@@ -121,12 +121,20 @@ def render_report(*, network: str, backend: str, macs: int, entries: list[dict],
 
 
 def write_report(out_path, *, network: str, backend: str, macs: int, entries: list[dict],
-                 accuracy_files: dict[str, str] | None = None) -> Path:
-    """Write build/report.md; accuracy_files is {label: path of a JSON file} read here."""
+                 accuracy_files: dict[str, str] | None = None, sections: dict[str, str] | None = None,
+                 figures: dict[str, str] | None = None) -> Path:
+    """Write build/report.md: accuracy_files is {label: JSON file}, sections {title: markdown file} appended
+    as they are, figures {caption: PNG} linked relative to the report."""
+    out_path = Path(out_path)
     accuracy = {label: read_json(path) for label, path in (accuracy_files or {}).items()}
-    write_text(out_path, render_report(network=network, backend=backend, macs=macs, entries=entries,
-                                       accuracy=accuracy))
-    return Path(out_path)
+    text = render_report(network=network, backend=backend, macs=macs, entries=entries, accuracy=accuracy)
+    for title, path in (sections or {}).items():
+        text += f"\n## {title}\n\n{Path(path).read_text(encoding='utf-8').strip()}\n"
+    if figures:
+        text += "\n## Figures\n\n" + "".join(
+            f"![{caption}]({Path(path).relative_to(out_path.parent).as_posix()})\n\n" for caption, path in figures.items())
+    write_text(out_path, text)
+    return out_path
 
 
 def read_skips(folder) -> dict[str, str]:
@@ -147,11 +155,5 @@ def report_stage(out_path, *, build_dir, boards: list[dict], network: str, backe
         entries.append(board_entry(board, network, elf=found(folder / "firmware.elf"),
                                    header=found(folder / "bundle" / f"{network}.h"),
                                    emulator_json=found(folder / "emulator.json"), skipped=read_skips(folder)))
-    accuracy = {label: read_json(path) for label, path in accuracy_files.items()}
-    text = render_report(network=network, backend=backend, macs=macs, entries=entries, accuracy=accuracy)
-    for title, path in sections.items():
-        text += f"\n## {title}\n\n{Path(path).read_text(encoding='utf-8').strip()}\n"
-    if figures:
-        text += "\n## Figures\n\n" + "".join(
-            f"![{caption}]({Path(path).relative_to(out_path.parent).as_posix()})\n\n" for caption, path in figures.items())
-    write_text(out_path, text)
+    write_report(out_path, network=network, backend=backend, macs=macs, entries=entries,
+                 accuracy_files=accuracy_files, sections=sections, figures=figures)

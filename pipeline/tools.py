@@ -27,11 +27,11 @@ def find_tool(name: str, env_var: str | None = None) -> str | None:
     return shutil.which(name)
 
 
-def run_tool(cmd, install_hint: str, cwd=None, tail_lines: int = 30) -> subprocess.CompletedProcess:
+def run_tool(cmd, install_hint: str, cwd=None, tail_lines: int = 30, env=None) -> subprocess.CompletedProcess:
     """Run `cmd` (a list); on failure raise ToolError showing the command, its stderr tail and `install_hint`."""
     cmd = [str(c) for c in cmd]
     try:
-        result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     except FileNotFoundError as err:
         raise ToolError(f"cannot run {cmd[0]!r}: {err}. {install_hint}") from err
     if result.returncode != 0:

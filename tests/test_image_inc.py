@@ -31,7 +31,10 @@ def test_bad_image_is_rejected():
         image_inc.render_image_inc(np.zeros((32, 32), np.float32), "x.png", 0, "airplane")
 
 
-def test_first_image_of_class():
-    assert image_inc.first_image_of_class(np.array([3, 7, 7]), 7) == 1
+def test_image_of_class():
+    assert image_inc.image_of_class(np.array([3, 7, 7]), 7) == 1
+    assert image_inc.image_of_class(np.array([3, 7, 7]), 7, index=1) == 2
     with pytest.raises(ValueError, match="label 5"):
-        image_inc.first_image_of_class(np.array([3, 7]), 5)
+        image_inc.image_of_class(np.array([3, 7]), 5)
+    with pytest.raises(ValueError, match="2 images with label 7.*below 2"):
+        image_inc.image_of_class(np.array([3, 7, 7]), 7, index=2)

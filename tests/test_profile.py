@@ -84,9 +84,3 @@ def test_missing_entry_is_reported_when_quantizing(made, tmp_path):
         int8_graph.quantize_graph(graph, ranges, source="my.yml")
 
 
-def test_calibration_indices_pick_per_class():
-    labels = np.array([2, 0, 2, 1, 0, 1, 2])
-    assert profile.calibration_indices(labels).tolist() == [1, 3, 0]
-    assert profile.calibration_indices(labels, 2).tolist() == [1, 4, 3, 5, 0, 2]
-    with pytest.raises(ValueError, match=r"classes \[0, 1\] have fewer than 3"):
-        profile.calibration_indices(labels, 3)
