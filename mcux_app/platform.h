@@ -15,6 +15,22 @@ void platform_write(const char *text);
 /* Free-running count of core clock cycles (64 bits, so it never wraps during an inference). */
 uint64_t platform_cycles(void);
 
+/* A 32-bit hardware cycle counter (DWT CYCCNT, Xtensa CCOUNT) extended to 64 bits: a read smaller than the
+ * previous one is a wrap. Read it at least once per wrap period (7 s at 600 MHz). */
+typedef struct {
+    uint32_t last;
+    uint32_t wraps;
+} platform_counter;
+
+static inline uint64_t platform_counter_extend(platform_counter *counter, uint32_t now)
+{
+    if (now < counter->last) {
+        ++counter->wraps;
+    }
+    counter->last = now;
+    return ((uint64_t)counter->wraps << 32) | now;
+}
+
 /* Rate of platform_cycles(), in Hz, to turn cycles into milliseconds. */
 uint32_t platform_cycles_hz(void);
 

@@ -10,8 +10,7 @@
 
 #include "platform.h"
 
-static uint32_t last_count;
-static uint32_t wraps;
+static platform_counter cycle_counter;
 
 void platform_init(void)
 {
@@ -26,15 +25,9 @@ void platform_write(const char *text)
     PRINTF("%s", text);
 }
 
-/* CYCCNT is 32 bits (7 s at 600 MHz): count its wraps, seen as a smaller value than the previous read. */
 uint64_t platform_cycles(void)
 {
-    uint32_t count = DWT->CYCCNT;
-    if (count < last_count) {
-        ++wraps;
-    }
-    last_count = count;
-    return ((uint64_t)wraps << 32) | count;
+    return platform_counter_extend(&cycle_counter, DWT->CYCCNT);
 }
 
 uint32_t platform_cycles_hz(void)

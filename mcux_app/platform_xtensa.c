@@ -9,8 +9,7 @@
 #error "define BOARD_CPU_HZ (the core clock in Hz, boards/<board>.toml cpu_hz)"
 #endif
 
-static uint32_t last_count;
-static uint32_t wraps;
+static platform_counter cycle_counter;
 
 void platform_init(void)
 {
@@ -26,11 +25,7 @@ uint64_t platform_cycles(void)
 {
     uint32_t count;
     __asm__ volatile("rsr.ccount %0" : "=a"(count));
-    if (count < last_count) {
-        ++wraps;
-    }
-    last_count = count;
-    return ((uint64_t)wraps << 32) | count;
+    return platform_counter_extend(&cycle_counter, count);
 }
 
 uint32_t platform_cycles_hz(void)

@@ -51,7 +51,7 @@ def _tensor_bytes(qm, tensor) -> int:
     return int(np.prod(qm.graph.shapes[tensor]))
 
 
-def _scratch_bytes(op, qm) -> int:
+def _scratch_bytes(op) -> int:
     if op.kind == "conv":
         return 2 * 2 * _row_length(op)  # two int16 im2col columns
     if op.kind == "fc":
@@ -97,8 +97,9 @@ def plan_memory(qm: int8_graph.QuantModel) -> Plan:
         if op.kind not in ("flatten",) and op.output != graph.output_name:
             nbytes = _tensor_bytes(qm, op.output) * (4 if op.kind == "dequantize" else 1)
             wanted.append((op.output, nbytes, last_use.get(op.output, i)))
-        if _scratch_bytes(op, qm):
-            wanted.append((("scratch", i), _scratch_bytes(op, qm), i))
+        scratch = _scratch_bytes(op)
+        if scratch:
+            wanted.append((("scratch", i), scratch, i))
         for key, nbytes, until in wanted:
             offset = 0
             for start, end, _, _ in sorted(allocated):
@@ -330,24 +331,33 @@ def make_bundle(onnx_path, profile_path, board: dict, out_dir, network_name: str
 
 
 # ---------------------------------------------------------------- host build and evaluation
+def header_macros(header_path) -> dict[str, int]:
+    """The integer `#define NAME value` lines of a bundle header."""
+    header_path = Path(header_path)
+    if not header_path.is_file():
+        raise FileNotFoundError(f"bundle header {header_path} does not exist; build the bundle first (doit bundle)")
+    pattern = re.compile(r"^\s*#define\s+(\w+)\s+(\d+)\s*$", re.MULTILINE)
+    return {name: int(value) for name, value in pattern.findall(header_path.read_text(encoding="utf-8"))}
+
+
 def build_host_runner(bundle_dir, work_dir, network_name: str = "cifar", dsp_shim: bool = False) -> Path:
     """Compile the bundle C + kernels + host_runner.c for this machine (gcc). dsp_shim selects the DSP path
     with plain-C intrinsics (acle_shim.h) instead of the portable path."""
     bundle_dir, work_dir = Path(bundle_dir), Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     upper = network_name.upper()
-    header = (Path(bundle_dir) / f"{network_name}.h").read_text()
-    names = re.findall(rf"#define {upper}_(\w+)\s+(\d+)", header)
-    placeholders = [n for n, _ in names if not n.endswith("_MEM_SIZE") and n != "MEM_ALIGN"]
-    sizes = [int(s) for s in re.findall(r"//   Size: (\d+) \(bytes\)", header)]
+    header_path = bundle_dir / f"{network_name}.h"
+    placeholders = [name for name in header_macros(header_path)
+                    if name.startswith(f"{upper}_") and not name.endswith("_MEM_SIZE") and name != f"{upper}_MEM_ALIGN"]
+    sizes = [int(s) for s in re.findall(r"//   Size: (\d+) \(bytes\)", header_path.read_text(encoding="utf-8"))]
     api = "\n".join([f'#include "{network_name}.h"',
                      f"#define NET_ENTRY {network_name}",
                      f"#define NET_MEM_ALIGN {upper}_MEM_ALIGN",
                      f"#define NET_CONSTANT_MEM_SIZE {upper}_CONSTANT_MEM_SIZE",
                      f"#define NET_MUTABLE_MEM_SIZE {upper}_MUTABLE_MEM_SIZE",
                      f"#define NET_ACTIVATIONS_MEM_SIZE {upper}_ACTIVATIONS_MEM_SIZE",
-                     f"#define NET_INPUT_OFFSET {upper}_{placeholders[0]}",
-                     f"#define NET_OUTPUT_OFFSET {upper}_{placeholders[1]}",
+                     f"#define NET_INPUT_OFFSET {placeholders[0]}",
+                     f"#define NET_OUTPUT_OFFSET {placeholders[1]}",
                      f"#define NET_INPUT_SIZE {sizes[0]}u", f"#define NET_OUTPUT_SIZE {sizes[1]}u", ""])
     (work_dir / "bundle_api.h").write_text(api)
     exe = work_dir / ("host_runner_dsp" if dsp_shim else "host_runner")

@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_path, write_bytes, write_text
 from pipeline import hardening as hardening_c
-from pipeline.bundle import build_host_runner, run_host_bundle
+from pipeline.bundle import build_host_runner, header_macros, run_host_bundle
 from pipeline.config import ROOT
 from pipeline.evaluation import softmax
 from pipeline.shapes import INPUT_SHAPE, to_input
@@ -52,15 +52,6 @@ def _jinja() -> jinja2.Environment:
 
 
 # ---------------------------------------------------------------------------------------------------- sources
-def header_macros(header_path) -> dict[str, int]:
-    """The integer `#define NAME value` lines of a bundle header."""
-    header_path = Path(header_path)
-    if not header_path.is_file():
-        raise FileNotFoundError(f"bundle header {header_path} does not exist; build the bundle first (doit bundle)")
-    pattern = re.compile(r"^\s*#define\s+(\w+)\s+(\d+)\s*$", re.MULTILINE)
-    return {name: int(value) for name, value in pattern.findall(header_path.read_text(encoding="utf-8"))}
-
-
 def check_bundle_header(header_path, network: str, input_name: str = "input", output_name: str = "output") -> dict:
     """Macros of the bundle header, after checking it has Glow's bundle ABI for `network`."""
     macros = header_macros(header_path)
@@ -74,17 +65,15 @@ def check_bundle_header(header_path, network: str, input_name: str = "input", ou
     return macros
 
 
-def image_inc_byte_count(inc_path) -> int:
-    """How many bytes an input_image_test.inc (` 0XNN,` items, `//` comment lines) holds."""
-    text = Path(inc_path).read_text(encoding="ascii")
-    return len(re.findall(r"0X[0-9A-F]{2}\s*,", "\n".join(l for l in text.splitlines() if not l.startswith("//"))))
+def read_image_inc_bytes(inc_path) -> bytes:
+    """The bytes an input_image_test.inc holds (` 0XNN,` items; `//` lines are comments)."""
+    text = "\n".join(l for l in Path(inc_path).read_text(encoding="ascii").splitlines() if not l.startswith("//"))
+    return bytes(int(byte, 16) for byte in re.findall(r"0X([0-9A-F]{2})\s*,", text))
 
 
 def read_image_inc(inc_path) -> np.ndarray:
     """The float32 input tensor stored in an input_image_test.inc (float32 little-endian bytes), flat."""
-    text = "\n".join(l for l in Path(inc_path).read_text(encoding="ascii").splitlines() if not l.startswith("//"))
-    data = bytes(int(byte, 16) for byte in re.findall(r"0X([0-9A-F]{2})", text))
-    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+    return np.frombuffer(read_image_inc_bytes(inc_path), dtype="<f4").astype(np.float32)
 
 
 def render_main_c(out_path, *, network: str, labels, description: str, header_path, image_inc_path,
@@ -94,7 +83,7 @@ def render_main_c(out_path, *, network: str, labels, description: str, header_pa
     pipeline.hardening (e.g. {"method": "round", "step": 0.05}) or None; with one, main.c calls
     harden_confidences (mcux_app/hardening.c) after softmax."""
     check_bundle_header(header_path, network, input_name, output_name)
-    found = image_inc_byte_count(image_inc_path)
+    found = len(read_image_inc_bytes(image_inc_path))
     if found != input_bytes:
         raise ValueError(f"{image_inc_path}: holds {found} bytes but the network input takes {input_bytes} "
                          f"(float32 {input_bytes // 4} values); regenerate it for this model's input shape")

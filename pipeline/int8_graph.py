@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.evaluation import softmax
+
 SUPPORTED_OPS = ("Conv", "Relu", "MaxPool", "Gemm", "MatMul", "Add", "Flatten", "Reshape", "Softmax")
 INT8_MIN, INT8_MAX = -128, 127
 # Glow limits int32 bias to int30 so that bias - offset cannot overflow (Base.cpp getQuantizedRange).
@@ -200,11 +202,6 @@ def _flatten_logical(x):
     return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1) if x.ndim == 4 else x
 
 
-def _softmax(x):
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _to_onnx_layout(x):
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
 
@@ -232,7 +229,7 @@ def run_float(graph: Graph, x_nchw: np.ndarray, keep_all: bool = False):
             elif op.kind == "add":
                 y = x + t[op.inputs[1]]
             else:
-                y = _softmax(x)
+                y = softmax(x)
             t[op.output] = y.astype(np.float32)
         outs.append(t if keep_all else _to_onnx_layout(t[graph.output_name]))
     if keep_all:
@@ -435,7 +432,7 @@ def run_int8(qm: QuantModel, x_nchw: np.ndarray, keep_all: bool = False):
             elif op.kind == "dequantize":
                 y = t[op.inputs[0]].astype(np.float32) * np.float32(2.0 ** op.out_exp)
             else:
-                y = _softmax(t[op.inputs[0]]).astype(np.float32)
+                y = softmax(t[op.inputs[0]])
             t[op.output] = y
         outs.append(t if keep_all else t[qm.graph.output_name])
     if keep_all:

@@ -4,7 +4,8 @@ import json
 from pathlib import Path
 
 from pipeline.atomic import write_text
-from pipeline.firmware import firmware_size, header_macros
+from pipeline.bundle import header_macros
+from pipeline.firmware import firmware_size
 
 # AN13331's published figures (Glow bundle of its CIFAR-10 model on the EVKs), quoted for comparison.
 APP_NOTE = {

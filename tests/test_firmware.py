@@ -108,7 +108,7 @@ def test_rt1060_runs_its_own_elf_and_rt685_is_relinked_for_an505(board_build):
 def test_footprint_counts_weights_as_flash_and_activations_as_sram(board_build):
     board, elfs, *_ , out = board_build
     size = firmware.firmware_size(board, elfs["elf"])
-    macros = firmware.header_macros(out / "bundle" / "cifar.h")
+    macros = bundle.header_macros(out / "bundle" / "cifar.h")
     assert size["flash"] == size["text"] + size["data"] >= macros["CIFAR_CONSTANT_MEM_SIZE"]
     assert size["sram"] >= macros["CIFAR_ACTIVATIONS_MEM_SIZE"] + macros["CIFAR_MUTABLE_MEM_SIZE"] + size["stack"]
 
@@ -286,3 +286,19 @@ def test_mcux_sdk_flow_skips_without_sdk_and_renders_the_ram_project(tmp_path):
     configure, build = firmware.mcux_sdk_commands("/sdk", "p", "p/build", "src", "bundle")
     assert "-DCMAKE_TOOLCHAIN_FILE=/sdk/tools/cmake_toolchain_files/armgcc.cmake" in configure
     assert "-DCMAKE_BUILD_TYPE=release" in configure and build == ["cmake", "--build", "p/build"]
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
+def test_cycle_counter_extension_counts_wraps(tmp_path):
+    """platform_counter_extend (the SDK's CYCCNT and the HiFi4's CCOUNT) carries a 32-bit wrap into bit 32."""
+    program = tmp_path / "counter.c"
+    program.write_text('#include <inttypes.h>\n#include <stdio.h>\n#include "platform.h"\nint main(void) {\n'
+                       '    platform_counter c = {0};\n'
+                       '    const uint32_t reads[] = {5u, 0xFFFFFFF0u, 0x10u, 0x10u, 0x20u, 3u};\n'
+                       '    for (unsigned i = 0; i < 6; i++)\n'
+                       '        printf("%" PRIu64 "\\n", platform_counter_extend(&c, reads[i]));\n'
+                       '    return 0;\n}\n')
+    exe = tmp_path / "counter"
+    subprocess.run(["gcc", "-Wall", "-Wextra", "-Werror", f"-I{firmware.MCUX_APP}", program, "-o", exe], check=True)
+    printed = [int(line) for line in subprocess.run([exe], capture_output=True, text=True, check=True).stdout.split()]
+    assert printed == [5, 0xFFFFFFF0, 2**32 + 0x10, 2**32 + 0x10, 2**32 + 0x20, 2 * 2**32 + 3]

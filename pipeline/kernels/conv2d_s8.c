@@ -32,11 +32,6 @@ static void im2col_s16(const conv2d_s8_params *p, const int8_t *input, int pixel
     while (col < end) *col++ = 0;
 }
 
-static inline int8_t requantize(int32_t acc, int shift, int act_min)
-{
-    return nn_saturate(nn_rescale(acc, shift), act_min);
-}
-
 #if NN_USE_DSP
 /* Two output pixels (columns col0, col1) for output channels [0, out_c & ~1). */
 static void mat_mult_2x2_s8_s16(const int8_t *weights, const int32_t *bias, const int16_t *col0,
@@ -66,10 +61,10 @@ static void mat_mult_2x2_s8_s16(const int8_t *weights, const int32_t *bias, cons
             s10 = __smlad(w, x, s10);
             s11 = __smlad(w, y, s11);
         }
-        out0[oc] = requantize(s00, shift, act_min);
-        out1[oc] = requantize(s01, shift, act_min);
-        out0[oc + 1] = requantize(s10, shift, act_min);
-        out1[oc + 1] = requantize(s11, shift, act_min);
+        out0[oc] = nn_requantize(s00, shift, act_min);
+        out1[oc] = nn_requantize(s01, shift, act_min);
+        out0[oc + 1] = nn_requantize(s10, shift, act_min);
+        out1[oc + 1] = nn_requantize(s11, shift, act_min);
     }
 }
 
@@ -87,15 +82,16 @@ void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *wei
         mat_mult_2x2_s8_s16(weights, bias, col0, col1, out0, out1, k_row, out_c, shift, act_min);
         if (out_c & 1) { /* last channel of an odd count */
             const int8_t *w = weights + (size_t)(out_c - 1) * k_row;
-            out0[out_c - 1] = requantize(nn_dot_s8_s16(w, col0, k_row, bias[out_c - 1]), shift, act_min);
-            out1[out_c - 1] = requantize(nn_dot_s8_s16(w, col1, k_row, bias[out_c - 1]), shift, act_min);
+            out0[out_c - 1] = nn_requantize(nn_dot_s8_s16(w, col0, k_row, bias[out_c - 1]), shift, act_min);
+            out1[out_c - 1] = nn_requantize(nn_dot_s8_s16(w, col1, k_row, bias[out_c - 1]), shift, act_min);
         }
     }
     if (pixel < pixels) { /* last pixel of an odd count */
         int8_t *out = output + (size_t)pixel * out_c;
         im2col_s16(p, input, pixel, col0);
         for (int oc = 0; oc < out_c; oc++)
-            out[oc] = requantize(nn_dot_s8_s16(weights + (size_t)oc * k_row, col0, k_row, bias[oc]), shift, act_min);
+            out[oc] = nn_requantize(nn_dot_s8_s16(weights + (size_t)oc * k_row, col0, k_row, bias[oc]), shift,
+                                    act_min);
     }
 }
 
@@ -110,7 +106,7 @@ void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *wei
         int8_t *out = output + (size_t)pixel * p->out_c;
         im2col_s16(p, input, pixel, scratch);
         for (int oc = 0; oc < p->out_c; oc++)
-            out[oc] = requantize(nn_dot_s8_s16(weights + (size_t)oc * k_row, scratch, k_row, bias[oc]),
+            out[oc] = nn_requantize(nn_dot_s8_s16(weights + (size_t)oc * k_row, scratch, k_row, bias[oc]),
                                  p->out_shift, p->act_min);
     }
 }

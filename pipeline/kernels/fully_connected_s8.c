@@ -22,6 +22,6 @@ void fully_connected_s8(const int8_t *input, const int8_t *weights, const int32_
 #else
         const int32_t acc = nn_dot_s8_s16(w, scratch, in_size, bias[n]);
 #endif
-        output[n] = nn_saturate(nn_rescale(acc, out_shift), act_min);
+        output[n] = nn_requantize(acc, out_shift, act_min);
     }
 }

@@ -78,6 +78,12 @@ static inline int8_t nn_saturate(int32_t value, int32_t act_min)
     return (int8_t)value;
 }
 
+/* An int32 accumulator back to int8: rounding shift, then clamp to [act_min, 127] (act_min 0 = fused ReLU). */
+static inline int8_t nn_requantize(int32_t acc, int32_t shift, int32_t act_min)
+{
+    return nn_saturate(nn_rescale(acc, shift), act_min);
+}
+
 #if NN_USE_DSP
 /* SXTB16 of the word rotated right by 8 (bytes 1 and 3). GCC's arm_acle.h has no __ror and does not fold a
  * rotate into SXTB16, so the target uses the instruction's rotate operand directly (as CMSIS __SXTB16_RORn). */
