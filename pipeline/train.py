@@ -29,17 +29,17 @@ def setup_determinism(threads: int, seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random crop with 4-pixel zero padding (in the [-1,1] space: pad with -1, i.e. black) and horizontal flip."""
+def augment_batch(x: torch.Tensor, gen: torch.Generator, crop_padding: int) -> torch.Tensor:
+    """Random crop after `crop_padding` pixels of reflection padding (0: no crop), and horizontal flip."""
     n = x.shape[0]
-    padded = nn.functional.pad(x, (4, 4, 4, 4), value=-1.0)
-    dy, dx = torch.randint(0, 9, (2, n), generator=gen)
-    rows = (dy[:, None] + torch.arange(32))[:, None, :, None].expand(n, 3, 32, 40)
-    cropped = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(32))[:, None, None, :].expand(n, 3, 32, 32)
-    cropped = cropped.gather(3, cols)
+    if crop_padding:
+        padded = nn.functional.pad(x, (crop_padding,) * 4, mode="reflect")
+        dy, dx = torch.randint(0, 2 * crop_padding + 1, (2, n), generator=gen)
+        rows = (dy[:, None] + torch.arange(32))[:, None, :, None].expand(n, 3, 32, padded.shape[3])
+        cols = (dx[:, None] + torch.arange(32))[:, None, None, :].expand(n, 3, 32, 32)
+        x = padded.gather(2, rows).gather(3, cols)
     flip = torch.rand(n, generator=gen) < 0.5
-    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
 def evaluate(model: nn.Module, images, labels) -> float:
@@ -51,9 +51,22 @@ def evaluate(model: nn.Module, images, labels) -> float:
 
 
 def make_optimizer(model, optimizer: str, lr: float, weight_decay: float):
+    """Weight decay on the conv and linear weights only: decaying BatchNorm scales and biases only slows them."""
+    weights = [p for p in model.parameters() if p.ndim > 1]
+    others = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [dict(params=weights, weight_decay=weight_decay), dict(params=others, weight_decay=0.0)]
     if optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+        return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+
+
+def make_average(model, ema_decay: float):
+    """Exponential moving average of the weights and BatchNorm statistics (what is saved), or None."""
+    if not ema_decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
 
 
 def make_schedule(opt, schedule: str, lr: float, epochs: int, steps_per_epoch: int):
@@ -76,11 +89,13 @@ def save_state_dict(model: nn.Module, path) -> None:
 
 
 def train(data_dir, out_dir, *, channels, optimizer, lr, batch_size, epochs, schedule, weight_decay, augment,
-          label_smoothing, seed=0, threads=2, init_from="", preset="", progress=True) -> dict:
+          crop_padding, label_smoothing, ema_decay, seed=0, threads=2, init_from="", preset="",
+          progress=True) -> dict:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     recipe = dict(channels=list(channels), optimizer=optimizer, lr=lr, batch_size=batch_size, epochs=epochs,
-                  schedule=schedule, weight_decay=weight_decay, augment=augment, label_smoothing=label_smoothing,
-                  seed=seed, threads=threads, init_from=str(init_from), preset=preset)
+                  schedule=schedule, weight_decay=weight_decay, augment=augment, crop_padding=crop_padding,
+                  label_smoothing=label_smoothing, ema_decay=ema_decay, seed=seed, threads=threads,
+                  init_from=str(init_from), preset=preset)
     setup_determinism(threads, seed)
     classes = load_classes(data_dir)
     train_x, train_y = load_split(data_dir, "train")
@@ -94,6 +109,8 @@ def train(data_dir, out_dir, *, channels, optimizer, lr, batch_size, epochs, sch
     steps = (len(targets) + batch_size - 1) // batch_size
     opt = make_optimizer(model, optimizer, lr, weight_decay)
     sched = make_schedule(opt, schedule, lr, epochs, steps)
+    average = make_average(model, ema_decay)
+    deployed = average.module if average else model
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
     checkpoint_path = out_dir / "checkpoint.pt"
@@ -105,6 +122,8 @@ def train(data_dir, out_dir, *, channels, optimizer, lr, batch_size, epochs, sch
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["schedule"])
+            if average:
+                average.load_state_dict(ckpt["average"])
             history, start_epoch = ckpt["history"], ckpt["epoch"]
             print(f"resuming from {checkpoint_path} after epoch {start_epoch}", file=sys.stderr)
 
@@ -119,32 +138,34 @@ def train(data_dir, out_dir, *, channels, optimizer, lr, batch_size, epochs, sch
             idx = order[step * batch_size:(step + 1) * batch_size]
             x = inputs[idx]
             if augment:
-                x = augment_batch(x, gen)
+                x = augment_batch(x, gen, crop_padding)
             logits = model(x.contiguous(memory_format=torch.channels_last))
             loss = loss_fn(logits, targets[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            if average:
+                average.update_parameters(model)
             total_loss += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == targets[idx]).sum())
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        val_acc = evaluate(model, val_x, val_y)
+        val_acc = evaluate(deployed, val_x, val_y)
         history.append(dict(epoch=epoch + 1, train_loss=total_loss / len(targets),
                             train_accuracy=correct / len(targets), val_accuracy=val_acc))
         print(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['train_loss']:.4f} "
               f"train {history[-1]['train_accuracy']:.4f} val {val_acc:.4f}", file=sys.stderr)
         ckpt = dict(digest=digest, epoch=epoch + 1, model=model.state_dict(), optimizer=opt.state_dict(),
-                    schedule=sched.state_dict(), history=history)
+                    schedule=sched.state_dict(), average=average.state_dict() if average else None, history=history)
         with atomic.atomic_path(checkpoint_path) as tmp:
             torch.save(ckpt, tmp)
 
-    model.to(memory_format=torch.contiguous_format)  # the .pth keeps PyTorch's usual NCHW weight layout
+    deployed.to(memory_format=torch.contiguous_format)  # the .pth keeps PyTorch's usual NCHW weight layout
     test_x, test_y = load_split(data_dir, "test")
-    metrics = dict(recipe=recipe, epochs=history, test_accuracy=evaluate(model, test_x, test_y),
+    metrics = dict(recipe=recipe, epochs=history, test_accuracy=evaluate(deployed, test_x, test_y),
                    test_images=int(len(test_y)), train_images=int(len(train_y)))
-    save_state_dict(model, out_dir / "cifar.pth")
+    save_state_dict(deployed, out_dir / "cifar.pth")
     atomic.write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     plot_training(history, out_dir / "training.png", title=f"{preset or 'custom'} preset")
     checkpoint_path.unlink(missing_ok=True)

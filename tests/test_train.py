@@ -43,7 +43,7 @@ def test_same_inputs_give_a_bit_identical_pth(reference, data_dir, tmp_path):
     assert (tmp_path / "cifar.pth").read_bytes() == (reference[0] / "cifar.pth").read_bytes()
 
 
-def test_interrupted_training_resumes_to_the_same_result(reference, data_dir, tmp_path, monkeypatch):
+def interrupt_in_epoch_two_then_resume(data_dir, out, monkeypatch, **overrides) -> dict:
     calls = []
     real_evaluate = train.evaluate
 
@@ -55,13 +55,45 @@ def test_interrupted_training_resumes_to_the_same_result(reference, data_dir, tm
 
     monkeypatch.setattr(train, "evaluate", interrupt_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        run(data_dir, tmp_path)
-    assert not (tmp_path / "cifar.pth").exists(), "an interrupted run leaves no model behind"
-    assert (tmp_path / "checkpoint.pt").exists()
+        run(data_dir, out, **overrides)
+    assert not (out / "cifar.pth").exists(), "an interrupted run leaves no model behind"
+    assert (out / "checkpoint.pt").exists()
     monkeypatch.setattr(train, "evaluate", real_evaluate)
-    metrics = run(data_dir, tmp_path)
+    return run(data_dir, out, **overrides)
+
+
+def test_interrupted_training_resumes_to_the_same_result(reference, data_dir, tmp_path, monkeypatch):
+    metrics = interrupt_in_epoch_two_then_resume(data_dir, tmp_path, monkeypatch)
     assert (tmp_path / "cifar.pth").read_bytes() == (reference[0] / "cifar.pth").read_bytes()
     assert metrics["epochs"] == reference[1]["epochs"]
+
+
+def test_default_recipe_resumes_with_its_weight_average(data_dir, tmp_path, monkeypatch):
+    """The default recipe's crop augmentation and weight average survive an interruption bit for bit, and the
+    saved weights are the average, not the last step's."""
+    recipe = dict(config.TRAINING_PRESETS["default"], epochs=3, ema_decay=0.9)
+    whole = run(data_dir, tmp_path / "whole", **recipe)
+    resumed = interrupt_in_epoch_two_then_resume(data_dir, tmp_path / "resumed", monkeypatch, **recipe)
+    assert (tmp_path / "resumed" / "cifar.pth").read_bytes() == (tmp_path / "whole" / "cifar.pth").read_bytes()
+    assert resumed["epochs"] == whole["epochs"]
+    last_weights = run(data_dir, tmp_path / "last", **{**recipe, "ema_decay": 0.0})
+    averaged, last = (torch.load(tmp_path / name / "cifar.pth") for name in ("whole", "last"))
+    assert last_weights["epochs"][0]["train_loss"] == whole["epochs"][0]["train_loss"], "same steps either way"
+    assert not torch.equal(averaged["classifier.weight"], last["classifier.weight"])
+
+
+def test_crop_augmentation_shifts_by_at_most_the_padding():
+    image = torch.arange(3 * 32 * 32, dtype=torch.float32).reshape(1, 3, 32, 32).repeat(64, 1, 1, 1)
+    out = train.augment_batch(image, torch.Generator().manual_seed(0), crop_padding=2)
+    assert out.shape == image.shape
+    centre = image[0, :, 2:30, 2:30]
+    offsets = []
+    for crop in out:  # each crop is the image, maybe flipped, moved by at most 2 pixels each way
+        found = [(dy, dx, flip) for flip in (False, True) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal((crop.flip(2) if flip else crop)[:, 2 + dy:30 + dy, 2 + dx:30 + dx], centre)]
+        assert len(found) == 1
+        offsets += found
+    assert len(set(offsets)) > 10 and any(flip for _, _, flip in offsets) and not all(flip for _, _, flip in offsets)
 
 
 def test_checkpoint_of_another_recipe_is_not_resumed(reference, data_dir, tmp_path, capsys):
