@@ -140,17 +140,19 @@ def task_profile():
 
 
 def task_tune():
-    """profile_tuned.yml: Glow's model-tuner algorithm on the 300 tuning images (cached)."""
+    """profile_tuned.yml: Glow's model-tuner algorithm on the 300 tuning images, checked on held-out images
+    (cached)."""
     settings = subset(CONFIG, "quantization.target_accuracy", "quantization.max_iterations",
-                      "quantization.accuracy_drop")
-    outputs = [TUNED] + ([QUANT_DIR / "tuning.json"] if BACKEND == "builtin" else [])
+                      "quantization.accuracy_drop", "quantization.check_tuning")
+    outputs = [TUNED, QUANT_DIR / "tuning.json"]
     inputs = [str(ONNX), str(PROFILE), str(DATA / "manifest.json")]
     tune_code = code("quantize", "tune", "profile", "int8_graph", "glow")
     return {
         "actions": [cached_action(
             "tune", stage("quantize:tune_stage", backend=BACKEND, onnx_path=ONNX, profile_path=PROFILE, data_dir=DATA,
                           out_path=TUNED, target_accuracy=QUANT["target_accuracy"],
-                          max_iterations=QUANT["max_iterations"], accuracy_drop=QUANT["accuracy_drop"]),
+                          max_iterations=QUANT["max_iterations"], accuracy_drop=QUANT["accuracy_drop"],
+                          check_held_out=QUANT["check_tuning"]),
             code_files=tune_code, config_subset={"backend": BACKEND, **settings}, input_files=inputs,
             libraries=["numpy", "onnx", "pillow"], outputs=outputs)],
         "file_dep": inputs + tune_code,

@@ -87,6 +87,8 @@ SCHEMA = {
         "target_accuracy": Key(0.9, float, above=0.0, maximum=1.0),
         "max_iterations": Key(3, int, minimum=0, help="halvings tried per tensor when tuning"),
         "accuracy_drop": Key(0.05, float, minimum=0.0, maximum=1.0, help="skip a tensor if accuracy drops more"),
+        "check_tuning": Key(True, bool, help="deploy the untuned ranges when tuning lowers int8 accuracy on the "
+                                             "held-out images/ (the tuner sees only dataset-tuning/)"),
         "test_image_class": Key("horse", str),
         "test_image_index": Key(0, int, minimum=0),
         "eval_images": Key(0, int, minimum=0, help="test images for deployed accuracy; 0 = all"),

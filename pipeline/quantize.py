@@ -5,6 +5,7 @@ calibration from build/data/images/ (held-out split, `per_class` per class), tun
 """
 import contextlib
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -51,17 +52,42 @@ def profile_stage(backend: str, onnx_path, data_dir, out_path, per_class: int) -
         profile.make_profile(onnx_path, read_pngs(images), out_path)
 
 
+def held_out_images(data_dir) -> tuple[np.ndarray, np.ndarray]:
+    """build/data/images/<class>/*.png with their labels: held-out images, disjoint from the tuning set."""
+    folder = Path(data_dir) / "images"
+    paths = [(path, label) for label, cls in enumerate(load_classes(data_dir))
+             for path in sorted((folder / cls).glob("*.png"))]
+    return read_pngs([path for path, _ in paths]), np.array([label for _, label in paths])
+
+
 def tune_stage(backend: str, onnx_path, profile_path, data_dir, out_path, target_accuracy: float,
-               max_iterations: int, accuracy_drop: float) -> dict:
-    """profile_tuned.yml, plus tuning.json beside it with the accuracies the tuner saw."""
-    if backend == "glow":
-        folder, labels_csv = tuning_set(data_dir)
-        glow.tune_profile(onnx_path, profile_path, folder, labels_csv, out_path, target_accuracy=target_accuracy)
-        return {}
-    images, labels = read_tuning_set(data_dir)
-    result = tune.tune_profile(onnx_path, profile_path, images, labels, out_path, target_accuracy=target_accuracy,
-                               max_iter_per_node=max_iterations, acc_drop_skip=accuracy_drop)
-    atomic.write_text(Path(out_path).with_name("tuning.json"), json.dumps(result, indent=2) + "\n")
+               max_iterations: int, accuracy_drop: float, check_held_out: bool) -> dict:
+    """profile_tuned.yml, plus tuning.json beside it with the accuracies the tuner saw (built-in backend) and,
+    with check_held_out, both profiles' accuracy on the held-out images: when tuning lowers it, the untuned
+    ranges are deployed (profile_tuned.yml is then a copy of profile.yml)."""
+    with tempfile.TemporaryDirectory() as work:
+        candidate = Path(work) / Path(out_path).name
+        if backend == "glow":
+            folder, labels_csv = tuning_set(data_dir)
+            glow.tune_profile(onnx_path, profile_path, folder, labels_csv, candidate, target_accuracy=target_accuracy)
+            result = {}
+        else:
+            images, labels = read_tuning_set(data_dir)
+            result = tune.tune_profile(onnx_path, profile_path, images, labels, candidate,
+                                       target_accuracy=target_accuracy, max_iter_per_node=max_iterations,
+                                       acc_drop_skip=accuracy_drop)
+        deployed = candidate
+        if check_held_out:
+            result["held_out_check"] = tune.held_out_check(onnx_path, profile_path, candidate,
+                                                           *held_out_images(data_dir))
+            if result["held_out_check"]["kept"] == "untuned":
+                deployed = Path(profile_path)
+                print(f"tune: tuning lowered held-out int8 accuracy "
+                      f"({result['held_out_check']['untuned_int8_accuracy']:.4f} -> "
+                      f"{result['held_out_check']['tuned_int8_accuracy']:.4f}); "
+                      f"{out_path} keeps the untuned ranges", file=sys.stderr)
+        atomic.write_text(Path(out_path).with_name("tuning.json"), json.dumps(result, indent=2) + "\n")
+        atomic.write_bytes(out_path, deployed.read_bytes())
     return {}
 
 

@@ -1,7 +1,10 @@
 """Glow's model-tuner (tools/loader/ModelTuner.cpp) on the built-in int8 reference: per profiled tensor, try up to
 `max_iter_per_node` halvings of its symmetric range, keep the best accuracy, stop a tensor when the accuracy is
 exactly unchanged (the tensor has no effect) or drops more than `acc_drop_skip`, and stop everything once the
-accuracy exceeds `target_accuracy`."""
+accuracy exceeds `target_accuracy`.
+
+The tuner keeps any change that helps its few tuning images, so it can fit them and lose accuracy elsewhere;
+`held_out_check` compares both profiles on held-out images the tuner never saw."""
 import dataclasses
 
 import numpy as np
@@ -58,3 +61,14 @@ def tune_profile(onnx_path, profile_path, images: np.ndarray, labels: np.ndarray
     write_profile(Profile(profile.tools_version, profile.graph_hash, entries), out_path)
     return {"float_accuracy": float_acc, "initial_int8_accuracy": initial, "tuned_int8_accuracy": best,
             "images": int(len(labels)), "trials": log}
+
+
+def held_out_check(onnx_path, untuned_path, tuned_path, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Int8 accuracy of the untuned and the tuned profile on held-out images (uint8 NHWC); `kept` names the
+    profile to deploy: the tuned one unless it is less accurate there."""
+    graph = int8_graph.load_graph(onnx_path)
+    inputs, labels = to_input(images), np.asarray(labels)
+    untuned, tuned = (quantized_accuracy(graph, read_profile(path, graph).ranges(), inputs, labels)
+                      for path in (untuned_path, tuned_path))
+    return {"images": int(len(labels)), "untuned_int8_accuracy": untuned, "tuned_int8_accuracy": tuned,
+            "kept": "tuned" if tuned >= untuned else "untuned"}
