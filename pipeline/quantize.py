@@ -63,7 +63,7 @@ def held_out_images(data_dir) -> tuple[np.ndarray, np.ndarray]:
 def tune_stage(backend: str, onnx_path, profile_path, data_dir, out_path, target_accuracy: float,
                max_iterations: int, accuracy_drop: float, check_held_out: bool) -> dict:
     """profile_tuned.yml, plus tuning.json beside it with the accuracies the tuner saw (built-in backend) and,
-    with check_held_out, both profiles' accuracy on the held-out images: when tuning lowers it, the untuned
+    with check_held_out, both profiles' accuracy on the held-out images: unless tuning raises it, the untuned
     ranges are deployed (profile_tuned.yml is then a copy of profile.yml)."""
     with tempfile.TemporaryDirectory() as work:
         candidate = Path(work) / Path(out_path).name
@@ -82,7 +82,7 @@ def tune_stage(backend: str, onnx_path, profile_path, data_dir, out_path, target
                                                            *held_out_images(data_dir))
             if result["held_out_check"]["kept"] == "untuned":
                 deployed = Path(profile_path)
-                print(f"tune: tuning lowered held-out int8 accuracy "
+                print(f"tune: tuning did not raise held-out int8 accuracy "
                       f"({result['held_out_check']['untuned_int8_accuracy']:.4f} -> "
                       f"{result['held_out_check']['tuned_int8_accuracy']:.4f}); "
                       f"{out_path} keeps the untuned ranges", file=sys.stderr)
