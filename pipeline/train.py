@@ -61,12 +61,18 @@ def make_optimizer(model, optimizer: str, lr: float, weight_decay: float):
 
 
 def make_average(model, ema_decay: float):
-    """Exponential moving average of the weights and BatchNorm statistics (what is saved), or None."""
+    """Exponential moving average of the weights and BatchNorm statistics (what is saved), or None. The decay
+    ramps up as (1 + n) / (10 + n) over the first updates, so that a short run is not dominated by the initial
+    weights."""
     if not ema_decay:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import AveragedModel
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+    def blend(averaged, current, updates):
+        decay = min(ema_decay, (1.0 + float(updates)) / (10.0 + float(updates)))
+        return averaged + (current - averaged) * (1.0 - decay)
+
+    return AveragedModel(model, avg_fn=blend, use_buffers=True)
 
 
 def make_schedule(opt, schedule: str, lr: float, epochs: int, steps_per_epoch: int):

@@ -123,3 +123,12 @@ def test_pth_for_another_network_is_refused(data_dir, tmp_path):
     garbage.write_bytes(b"not a model")
     with pytest.raises(ModelFileError, match=r"garbage.pth: not a readable PyTorch state_dict"):
         run(data_dir, tmp_path / "out", init_from=str(garbage))
+
+
+def test_weight_average_of_a_short_run_is_not_the_initial_weights(data_dir, tmp_path):
+    """The average's decay ramps up: one epoch of a few steps ends near the trained weights, not the initial."""
+    recipe = dict(config.TRAINING_PRESETS["default"], epochs=1)
+    averaged = run(data_dir, tmp_path / "average", **recipe)
+    last = run(data_dir, tmp_path / "last", **{**recipe, "ema_decay": 0.0})
+    assert averaged["test_accuracy"] >= last["test_accuracy"] - 0.1
+    assert averaged["test_accuracy"] > 0.3, "well above the 10% of chance"
