@@ -4,6 +4,7 @@ seconds per epoch for each: the evidence behind the default preset.
 
   python benchmarks/training_recipes.py --data build/data                       # every recipe, in turn
   python benchmarks/training_recipes.py --data build/data --only default no_average --threads 1
+  python benchmarks/training_recipes.py --data build/data --only default --seeds 1 2   # seed-to-seed spread
 
 Each recipe is a full 15-epoch run (about 11 min with 2 free cores); results go to --out/<recipe>/metrics.json
 and are reused when present, so runs can be split over several processes.
@@ -33,13 +34,15 @@ RECIPES = {
 }
 
 
-def run(name: str, data: Path, out: Path, threads: int, channels) -> dict:
-    metrics_path = out / name / "metrics.json"
+def run(name: str, seed: int, data: Path, out: Path, threads: int, channels) -> dict:
+    folder = out / (name if seed == 0 else f"{name}-seed{seed}")
+    metrics_path = folder / "metrics.json"
     if metrics_path.exists():
         return json.loads(metrics_path.read_text())
-    print(f"[{name}] training ...", file=sys.stderr, flush=True)
+    print(f"[{name}, seed {seed}] training ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    metrics = train.train(data, out / name, channels=channels, **RECIPES[name][1], threads=threads, preset=name)
+    metrics = train.train(data, folder, channels=channels, **RECIPES[name][1], seed=seed, threads=threads,
+                          preset=name)
     metrics["seconds"] = time.perf_counter() - start
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -51,18 +54,21 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "build" / "benchmarks" / "training_recipes")
     parser.add_argument("--only", nargs="+", choices=tuple(RECIPES), default=tuple(RECIPES))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (training.seed)")
     args = parser.parse_args()
     if not (args.data / "manifest.json").is_file():
         sys.exit(f"{args.data}: no dataset here (manifest.json missing); run `doit dataset` first or pass --data")
     channels = config.load(REPO / "pipeline.toml")["model"]["channels"]
-    print("| recipe | changes | test accuracy | held-out accuracy | train images | s/epoch | threads |")
-    print("|---|---|---|---|---|---|---|")
+    print("| recipe | changes | seed | test accuracy | held-out accuracy | train images | s/epoch | threads |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.only:
-        m = run(name, args.data, args.out, args.threads, channels)
-        seconds = m.get("seconds")
-        per_epoch = f"{seconds / len(m['epochs']):.0f}" if seconds else "-"
-        print(f"| {name} | {RECIPES[name][0]} | {m['test_accuracy']:.2%} | {m['epochs'][-1]['val_accuracy']:.2%} "
-              f"| {m['train_images']:,} | {per_epoch} | {m['recipe']['threads']} |", flush=True)
+        for seed in args.seeds:
+            m = run(name, seed, args.data, args.out, args.threads, channels)
+            seconds = m.get("seconds")
+            per_epoch = f"{seconds / len(m['epochs']):.0f}" if seconds else "-"
+            print(f"| {name} | {RECIPES[name][0]} | {seed} | {m['test_accuracy']:.2%} "
+                  f"| {m['epochs'][-1]['val_accuracy']:.2%} | {m['train_images']:,} | {per_epoch} "
+                  f"| {m['recipe']['threads']} |", flush=True)
     return 0
 
 
