@@ -120,7 +120,8 @@ def test_ctrl_c_during_training_keeps_the_old_model_and_the_next_run_resumes(smo
     tree, env = smoke_copy
     build = tree / "build"
     before = snapshot(build / "model")
-    edit(tree / "configs" / "smoke.toml", "epochs = 1", "epochs = 2")
+    # enough epochs that training is still running when the signal lands, however loaded the machine is
+    edit(tree / "configs" / "smoke.toml", "epochs = 1", "epochs = 30")
     doit = start_doit(tree, SMOKE, "train", env=env, log=tmp_path / "train")
     wait_for((build / "model" / "checkpoint.pt").exists, doit, "the first epoch's checkpoint")
     assert interrupt(doit, signal.SIGINT) == -signal.SIGINT
