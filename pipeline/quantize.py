@@ -17,14 +17,19 @@ from pipeline.dataset import load_classes, load_split
 from pipeline.shapes import to_input
 
 
+def class_images(data_dir) -> dict[str, list[Path]]:
+    """build/data/images/<class>/*.png (held-out split), sorted, per class in class order."""
+    folder = Path(data_dir) / "images"
+    return {cls: sorted((folder / cls).glob("*.png")) for cls in load_classes(data_dir)}
+
+
 def calibration_images(data_dir, per_class: int) -> list[Path]:
     """The first `per_class` PNGs of each class in build/data/images/, in class order."""
-    folder = Path(data_dir) / "images"
-    picked = {cls: sorted((folder / cls).glob("*.png"))[:per_class] for cls in load_classes(data_dir)}
+    picked = {cls: paths[:per_class] for cls, paths in class_images(data_dir).items()}
     short = [cls for cls, paths in picked.items() if len(paths) < per_class]
     if short:
-        raise ValueError(f"{folder}: classes {short} have fewer than {per_class} calibration images; lower "
-                         f"quantization.calibration_per_class or raise dataset.images_per_class")
+        raise ValueError(f"{Path(data_dir) / 'images'}: classes {short} have fewer than {per_class} calibration "
+                         f"images; lower quantization.calibration_per_class or raise dataset.images_per_class")
     return [p for paths in picked.values() for p in paths]
 
 
@@ -53,10 +58,8 @@ def profile_stage(backend: str, onnx_path, data_dir, out_path, per_class: int) -
 
 
 def held_out_images(data_dir) -> tuple[np.ndarray, np.ndarray]:
-    """build/data/images/<class>/*.png with their labels: held-out images, disjoint from the tuning set."""
-    folder = Path(data_dir) / "images"
-    paths = [(path, label) for label, cls in enumerate(load_classes(data_dir))
-             for path in sorted((folder / cls).glob("*.png"))]
+    """All of build/data/images/ with their labels: held-out images, disjoint from the tuning set."""
+    paths = [(path, label) for label, paths in enumerate(class_images(data_dir).values()) for path in paths]
     return read_pngs([path for path, _ in paths]), np.array([label for _, label in paths])
 
 
