@@ -382,16 +382,3 @@ def host_outputs(bundle_dir, inputs: np.ndarray, work_dir, network_name: str = "
     """The bundle's float outputs for float NCHW inputs, from its C compiled for this machine."""
     runner = build_host_runner(bundle_dir, work_dir, network_name)
     return run_host_bundle(runner, Path(bundle_dir) / f"{network_name}.weights.bin", inputs, work_dir)
-
-
-def evaluate_bundle(onnx_path, bundle_dir, images: np.ndarray, labels: np.ndarray, work_dir,
-                    network_name: str = "cifar") -> dict:
-    """Float (ONNX Runtime) vs deployed int8 (host-compiled bundle) top-1 accuracy on uint8 NHWC images."""
-    from pipeline.evaluation import onnxruntime_logits
-    from pipeline.shapes import to_input
-
-    labels = np.asarray(labels)
-    float_acc = int8_graph.accuracy(onnxruntime_logits(onnx_path, images), labels)
-    int8_acc = int8_graph.accuracy(host_outputs(bundle_dir, to_input(images), work_dir, network_name), labels)
-    return {"images": int(len(labels)), "float_accuracy": float_acc, "int8_accuracy": int8_acc,
-            "int8_minus_float_points": round(100 * (int8_acc - float_acc), 3)}

@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_path, write_bytes, write_text
 from pipeline import hardening as hardening_c
-from pipeline.bundle import build_host_runner, header_macros, run_host_bundle
+from pipeline.bundle import header_macros, host_outputs
 from pipeline.config import ROOT
 from pipeline.evaluation import softmax
 from pipeline.shapes import INPUT_SHAPE, to_input
@@ -541,6 +541,5 @@ def emulation_stage(board: dict, *, elf, bundle_dir, image_inc, images, labels, 
     require_emulator(board)
     inputs = np.concatenate([read_image_inc(image_inc)[None], to_input(images).reshape(len(images), -1)])
     with tempfile.TemporaryDirectory() as work:
-        runner = build_host_runner(bundle_dir, work, network)
-        reference = run_host_bundle(runner, Path(bundle_dir) / f"{network}.weights.bin", inputs, work)
+        reference = host_outputs(bundle_dir, inputs, work, network)
     return emulate_and_check(board, elf, inputs, reference, labels, out_dir, timeout=timeout, hardening=hardening)

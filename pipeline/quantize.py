@@ -134,8 +134,7 @@ def int8_predictions_stage(onnx_path, profile_path, data_dir, split: str, max_im
     images, labels = load_split(data_dir, split)
     inputs = to_input(images[balanced_subset(labels, max_images)])
     with host_bundle(onnx_path, profile_path, network) as (sources, work):
-        runner = bundle.build_host_runner(sources, work, network)
-        outputs = bundle.run_host_bundle(runner, sources / f"{network}.weights.bin", inputs, work)
+        outputs = bundle.host_outputs(sources, inputs, work, network)
     atomic.save_npy(out_path, outputs.argmax(axis=1))
 
 

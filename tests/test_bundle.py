@@ -1,5 +1,6 @@
 """Bundle: Glow's header ABI and weight formats; the generated C (portable and DSP paths) is bit-exact with the
 int8 NumPy reference; per-board objects are cross-compiled deterministically."""
+import json
 import re
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from tiny_model import export_onnx, synthetic_images, train_tiny_model
-from pipeline import bundle, int8_graph, profile
+from pipeline import bundle, int8_graph, profile, quantize
 from pipeline.shapes import to_input
 from pipeline.tools import Skipped
 
@@ -124,11 +125,16 @@ def test_xtensa_board_is_skipped_without_toolchain(built, tmp_path, monkeypatch)
 
 
 @needs_gcc
-def test_evaluate_bundle_reports_float_and_int8_accuracy(built, tmp_path):
+def test_accuracy_stage_reports_float_and_int8_accuracy(built, tmp_path):
     images, labels = synthetic_images(150, seed=13)
-    result = bundle.evaluate_bundle(built / "m.onnx", built / "src", images, labels, tmp_path)
-    assert result["images"] == 150 and 0.0 <= result["int8_accuracy"] <= 1.0
-    assert abs(result["float_accuracy"] - result["int8_accuracy"]) <= 0.1
+    np.save(tmp_path / "test_images.npy", images)
+    np.save(tmp_path / "test_labels.npy", labels)
+    out = tmp_path / "accuracy.json"
+    result = quantize.accuracy_stage(built / "m.onnx", {"untuned": built / "profile.yml"}, tmp_path, out, "cifar",
+                                     eval_images=0)
+    assert json.loads(out.read_text()) == result
+    assert result["images"] == 150 and 0.0 <= result["int8_untuned_accuracy"] <= 1.0
+    assert abs(result["float_accuracy"] - result["int8_untuned_accuracy"]) <= 0.1
     assert result["float_accuracy"] > 0.2  # the small model learned something (chance is 0.1)
 
 
