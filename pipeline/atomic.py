@@ -1,6 +1,10 @@
 """Write targets atomically: a temp file beside the target, renamed into place only when complete,
-so an interrupted step never leaves a half-written file that doit would take as up to date."""
+so an interrupted step never leaves a half-written file that doit would take as up to date.
+
+A rewritten file whose bytes did not change keeps its old timestamp: doit then sees it unchanged from the
+timestamp alone, instead of re-hashing it on every later run (a rebuilt dataset made no-op runs 4x slower)."""
 import contextlib
+import filecmp
 import os
 import shutil
 import tempfile
@@ -8,6 +12,16 @@ from pathlib import Path
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def keep_timestamp_if_unchanged(new: Path, old: Path) -> None:
+    """Give `new` the timestamps of `old` when both hold the same bytes."""
+    try:
+        old_stat = old.stat()
+    except FileNotFoundError:
+        return
+    if old_stat.st_size == new.stat().st_size and filecmp.cmp(new, old, shallow=False):
+        os.utime(new, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))
 
 
 @contextlib.contextmanager
@@ -20,6 +34,7 @@ def atomic_path(target):
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; targets get ordinary permissions
+        keep_timestamp_if_unchanged(Path(tmp), target)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -58,6 +73,8 @@ def atomic_dir(target):
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)
+        for new in (p for p in tmp.rglob("*") if p.is_file()):
+            keep_timestamp_if_unchanged(new, target / new.relative_to(tmp))
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
