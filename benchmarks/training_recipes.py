@@ -31,7 +31,7 @@ RECIPES = {
     "weight_decay_5e-4": ("weight decay 5e-4 instead of 1e-3", dict(DEFAULT, weight_decay=5e-4)),
     "weight_decay_2e-3": ("weight decay 2e-3 instead of 1e-3", dict(DEFAULT, weight_decay=2e-3)),
     "first_default": ("the first preset's choices: lr 0.05, label smoothing 0.1, 4-pixel crop, no average",
-                         dict(DEFAULT, lr=0.05, label_smoothing=0.1, crop_padding=4, ema_decay=0.0)),
+                      dict(DEFAULT, lr=0.05, label_smoothing=0.1, crop_padding=4, ema_decay=0.0)),
 }
 
 

@@ -59,7 +59,7 @@ def profile_stage(backend: str, onnx_path, data_dir, out_path, per_class: int) -
 
 def held_out_images(data_dir) -> tuple[np.ndarray, np.ndarray]:
     """All of build/data/images/ with their labels: held-out images, disjoint from the tuning set."""
-    paths = [(path, label) for label, paths in enumerate(class_images(data_dir).values()) for path in paths]
+    paths = [(path, label) for label, files in enumerate(class_images(data_dir).values()) for path in files]
     return read_pngs([path for path, _ in paths]), np.array([label for _, label in paths])
 
 
