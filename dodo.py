@@ -8,17 +8,19 @@ from pathlib import Path
 
 from doit import get_var
 
-from pipeline import config as configuration
-from pipeline import dataset, glow
-from pipeline.bundle import require_compiler
-from pipeline.cache import cached_action
-from pipeline.config import subset
-from pipeline.firmware import (firmware_targets, needs_emulator_link, require_emulator, require_mcux_sdk,
-                               require_toolchain, require_zephyr)
-from pipeline.graph import (code, hold_build_lock, keys, runnable, skip_reason, skipped_task, stage,
+from pipeline.core import config as configuration
+from pipeline.model import dataset
+from pipeline.int8 import glow
+from pipeline.int8.bundle import require_compiler
+from pipeline.core.cache import cached_action
+from pipeline.core.config import subset
+from pipeline.firmware.emulator import require_emulator
+from pipeline.firmware.link import firmware_targets, needs_emulator_link, require_toolchain
+from pipeline.firmware.vendor import require_mcux_sdk, require_zephyr
+from pipeline.core.tasks import (code, hold_build_lock, keys, runnable, skip_reason, skipped_task, stage,
                             stop_cleanly_on_interrupt)
-from pipeline.shapes import count_macs
-from pipeline.tools import ToolError
+from pipeline.model.shapes import count_macs
+from pipeline.core.tools import ToolError
 
 try:
     CONFIG = configuration.load(get_var("config", "pipeline.toml"))
@@ -37,8 +39,8 @@ TEST_SPLIT = [str(DATA / "test_images.npy"), str(DATA / "test_labels.npy"), str(
 PTH, ONNX = MODEL / f"{NAME}.pth", MODEL / f"{NAME}.onnx"
 PROFILE, TUNED = QUANT_DIR / "profile.yml", QUANT_DIR / "profile_tuned.yml"
 ACCURACY, INT8_VAL = QUANT_DIR / "accuracy.json", QUANT_DIR / "int8_val_predictions.npy"
-BUNDLE_CODE = code("bundle", "int8_graph", "quantize", "profile", "shapes") + [
-    str(p.relative_to(configuration.ROOT)) for p in sorted((configuration.ROOT / "pipeline" / "kernels").iterdir())]
+BUNDLE_CODE = code("int8.bundle", "int8.graph", "int8.quantize", "int8.profile", "model.shapes") + [
+    str(p.relative_to(configuration.ROOT)) for p in sorted((configuration.ROOT / "pipeline" / "int8" / "kernels").iterdir())]
 APP_FILES, ZEPHYR_FILES = ([str(p.relative_to(configuration.ROOT)) for p in sorted((configuration.ROOT / app).rglob("*"))
                             if p.is_file()] for app in ("mcux_app", "zephyr_app"))
 EVALUATIONS = {"hardening": ["hardening.json", "hardening.md", "hardening.png"],
@@ -83,9 +85,9 @@ def task_dataset():
     """Canonical dataset (train / held-out validation / test) plus the Glow image folders."""
     source_is_file = Path(SOURCE).is_file()
     return {
-        "actions": [stage("dataset:build_dataset", source=SOURCE, out_dir=DATA, root=configuration.ROOT,
+        "actions": [stage("model.dataset:build_dataset", source=SOURCE, out_dir=DATA, root=configuration.ROOT,
                           **{k: v for k, v in CONFIG["dataset"].items() if k != "source"})],
-        "file_dep": code("dataset", "atomic") + ([SOURCE] if source_is_file else []),
+        "file_dep": code("model.dataset", "core.atomic") + ([SOURCE] if source_is_file else []),
         "targets": DATA_FILES,
         "uptodate": [keys({"dataset": CONFIG["dataset"], "resolved": SOURCE,
                            "fingerprint": "" if source_is_file else dataset.source_fingerprint(SOURCE)})],
@@ -99,11 +101,11 @@ def task_train():
     recipe = {k: training[k] for k in (*configuration.RECIPE_KEYS, "seed", "threads", "init_from", "preset")}
     inputs = DATA_FILES + ([training["init_from"]] if training["init_from"] else [])
     outputs = [PTH, MODEL / "metrics.json", MODEL / "training.png"]
-    train_code, settings = code("train", "evaluation", "model", "shapes", "atomic"), subset(CONFIG, "training",
+    train_code, settings = code("model.train", "model.evaluation", "model.network", "model.shapes", "core.atomic"), subset(CONFIG, "training",
                                                                                           "model.channels")
     return {
         "actions": [cached_action(
-            "train", stage("train:train", data_dir=DATA, out_dir=MODEL, channels=CONFIG["model"]["channels"], **recipe),
+            "train", stage("model.train:train", data_dir=DATA, out_dir=MODEL, channels=CONFIG["model"]["channels"], **recipe),
             code_files=train_code, config_subset=settings, input_files=inputs, libraries=["torch", "numpy"], outputs=outputs)],
         "file_dep": inputs + train_code,
         "targets": [str(p) for p in outputs],
@@ -115,11 +117,11 @@ def task_train():
 def task_export():
     """Export to ONNX, verified by ONNX Runtime against PyTorch, with model-zoo test data."""
     return {
-        "actions": [stage("export:export", pth=PTH, out_onnx=ONNX, data_dir=DATA, channels=CONFIG["model"]["channels"],
+        "actions": [stage("model.export:export", pth=PTH, out_onnx=ONNX, data_dir=DATA, channels=CONFIG["model"]["channels"],
                           opset=CONFIG["export"]["opset"], verify_count=CONFIG["export"]["verify_images"],
                           tolerance=CONFIG["export"]["tolerance"], test_data_dir=MODEL / "test_data_set_0")],
         "file_dep": [str(PTH), str(DATA / "val_images.npy"), str(DATA / "classes.json")]
-                    + code("export", "evaluation", "model", "shapes", "atomic"),
+                    + code("model.export", "model.evaluation", "model.network", "model.shapes", "core.atomic"),
         "targets": [str(ONNX), str(MODEL / "export_check.json"), str(MODEL / "test_data_set_0" / "input_0.pb"),
                     str(MODEL / "test_data_set_0" / "output_0.pb")],
         "uptodate": [keys(subset(CONFIG, "export", "model.channels"))],
@@ -130,9 +132,9 @@ def task_export():
 def task_profile():
     """profile.yml: float ranges of every tensor over the calibration images (Glow's format)."""
     return {
-        "actions": [stage("quantize:profile_stage", backend=BACKEND, onnx_path=ONNX, data_dir=DATA, out_path=PROFILE,
+        "actions": [stage("int8.quantize:profile_stage", backend=BACKEND, onnx_path=ONNX, data_dir=DATA, out_path=PROFILE,
                           per_class=QUANT["calibration_per_class"])],
-        "file_dep": [str(ONNX), str(DATA / "manifest.json")] + code("quantize", "profile", "int8_graph", "glow"),
+        "file_dep": [str(ONNX), str(DATA / "manifest.json")] + code("int8.quantize", "int8.profile", "int8.graph", "int8.glow"),
         "targets": [str(PROFILE)],
         "uptodate": [keys({"backend": BACKEND, **subset(CONFIG, "quantization.calibration_per_class")})],
         "clean": True,
@@ -146,10 +148,10 @@ def task_tune():
                       "quantization.accuracy_drop", "quantization.check_tuning")
     outputs = [TUNED, QUANT_DIR / "tuning.json"]
     inputs = [str(ONNX), str(PROFILE), str(DATA / "manifest.json")]
-    tune_code = code("quantize", "tune", "profile", "int8_graph", "glow")
+    tune_code = code("int8.quantize", "int8.tune", "int8.profile", "int8.graph", "int8.glow")
     return {
         "actions": [cached_action(
-            "tune", stage("quantize:tune_stage", backend=BACKEND, onnx_path=ONNX, profile_path=PROFILE, data_dir=DATA,
+            "tune", stage("int8.quantize:tune_stage", backend=BACKEND, onnx_path=ONNX, profile_path=PROFILE, data_dir=DATA,
                           out_path=TUNED, target_accuracy=QUANT["target_accuracy"],
                           max_iterations=QUANT["max_iterations"], accuracy_drop=QUANT["accuracy_drop"],
                           check_held_out=QUANT["check_tuning"]),
@@ -165,7 +167,7 @@ def task_tune():
 def task_accuracy():
     """accuracy.json: float vs deployed int8 (host-compiled bundle C) on the test split, untuned and tuned."""
     return {
-        "actions": [stage("quantize:accuracy_stage", onnx_path=ONNX, profiles={"untuned": PROFILE, "tuned": TUNED},
+        "actions": [stage("int8.quantize:accuracy_stage", onnx_path=ONNX, profiles={"untuned": PROFILE, "tuned": TUNED},
                           data_dir=DATA, out_path=ACCURACY, network=NAME, eval_images=QUANT["eval_images"])],
         "file_dep": [str(ONNX), str(PROFILE), str(TUNED)] + TEST_SPLIT + BUNDLE_CODE,
         "targets": [str(ACCURACY)],
@@ -180,7 +182,7 @@ def task_bundle():
         paths, reason = board_paths(board), SKIPS[board].get("bundle_object")
         task = {
             "name": board,
-            "actions": [stage("quantize:bundle_stage", backend=BACKEND, onnx_path=ONNX, profile_path=TUNED,
+            "actions": [stage("int8.quantize:bundle_stage", backend=BACKEND, onnx_path=ONNX, profile_path=TUNED,
                               board=spec, out_dir=paths["bundle"], network=NAME)],
             "file_dep": [str(ONNX), str(TUNED), f"boards/{board}.toml"] + BUNDLE_CODE,
             "targets": bundle_files(board) + ([] if reason else [str(paths["object"])]),
@@ -200,9 +202,9 @@ def task_image_inc():
     for board in BOARDS:
         yield {
             "name": board,
-            "actions": [stage("quantize:image_inc_stage", data_dir=DATA, out_path=board_paths(board)["inc"],
+            "actions": [stage("int8.quantize:image_inc_stage", data_dir=DATA, out_path=board_paths(board)["inc"],
                               class_name=QUANT["test_image_class"], index=QUANT["test_image_index"])],
-            "file_dep": TEST_SPLIT + code("quantize", "image_inc", "shapes"),
+            "file_dep": TEST_SPLIT + code("int8.quantize", "int8.image_inc", "model.shapes"),
             "targets": [str(board_paths(board)["inc"])],
             "uptodate": [keys(subset(CONFIG, "quantization.test_image_class", "quantization.test_image_index"))],
             "clean": True,
@@ -215,10 +217,10 @@ def task_main_c():
         paths, hardening = board_paths(board), HARDENING.get(board)
         yield {
             "name": board,
-            "actions": [stage("firmware:main_c_stage", board=spec, data_dir=DATA, bundle_dir=paths["bundle"],
+            "actions": [stage("firmware.app:main_c_stage", board=spec, data_dir=DATA, bundle_dir=paths["bundle"],
                               source_dir=paths["source"], network=NAME, hardening=hardening)],
             "file_dep": [str(paths["header"]), str(paths["inc"]), str(DATA / "classes.json")] + APP_FILES
-                        + code("firmware", "hardening"),
+                        + code("firmware.app", "firmware.link", "firmware.emulator", "firmware.vendor", "evaluations.hardening"),
             "targets": [str(paths["main_c"])],
             "uptodate": [keys({"name": NAME, "hardening": hardening, "description": spec["description"]})],
             "clean": True,
@@ -231,14 +233,14 @@ def task_firmware():
         paths, reason = board_paths(board), SKIPS[board].get("firmware")
         record = paths["skipped"] / "firmware.txt"
         deps = [str(paths["main_c"]), str(paths["inc"]), f"boards/{board}.toml"] + bundle_files(board) \
-            + APP_FILES + code("firmware")
+            + APP_FILES + code("firmware.app", "firmware.link", "firmware.emulator", "firmware.vendor")
         if reason:
             yield skipped_task(record, reason, name=board, file_dep=deps)
             continue
         hardening = HARDENING.get(board)
         yield runnable(record, {
             "name": board,
-            "actions": [stage("firmware:build_firmware", board=spec, main_c=paths["main_c"],
+            "actions": [stage("firmware.link:build_firmware", board=spec, main_c=paths["main_c"],
                               bundle_dir=paths["bundle"], network=NAME, out_dir=paths["root"],
                               hardening=bool(hardening))],
             "file_dep": deps + [str(paths["object"])],
@@ -262,11 +264,11 @@ def task_emulate():
         hardening = HARDENING.get(board)
         yield runnable(record, {
             "name": board,
-            "actions": [stage("firmware:emulate_stage", board=spec, data_dir=DATA,
+            "actions": [stage("firmware.emulator:emulate_stage", board=spec, data_dir=DATA,
                               count=CONFIG["firmware"]["emulator_images"], elf=elf, bundle_dir=paths["bundle"],
                               image_inc=paths["inc"], out_dir=paths["root"], network=NAME,
                               timeout=CONFIG["firmware"]["emulator_timeout"], hardening=hardening)],
-            "file_dep": [str(elf), str(paths["inc"])] + bundle_files(board) + TEST_SPLIT + code("firmware"),
+            "file_dep": [str(elf), str(paths["inc"])] + bundle_files(board) + TEST_SPLIT + code("firmware.app", "firmware.link", "firmware.emulator", "firmware.vendor"),
             "targets": [str(paths["root"] / "emulator.log"), str(paths["root"] / "emulator.json")],
             "uptodate": [keys({**settings, "hardening": hardening})],
             "clean": True,
@@ -279,7 +281,7 @@ def sdk_builds(step: str, function: str, out: str, elf: str):
         paths = board_paths(board)
         record = paths["skipped"] / f"{step}.txt"
         deps = [str(paths["main_c"]), str(paths["inc"])] + bundle_files(board) + APP_FILES + ZEPHYR_FILES \
-            + code("firmware")
+            + code("firmware.app", "firmware.link", "firmware.emulator", "firmware.vendor")
         if SKIPS[board].get(step):
             yield skipped_task(record, SKIPS[board][step], name=board, file_dep=deps)
             continue
@@ -287,7 +289,7 @@ def sdk_builds(step: str, function: str, out: str, elf: str):
         kwargs = {"build_dir" if step == "zephyr" else "out_dir": out_dir}
         yield runnable(record, {
             "name": board,
-            "actions": [stage(f"firmware:{function}", board=spec, source_dir=paths["source"],
+            "actions": [stage(f"firmware.vendor:{function}", board=spec, source_dir=paths["source"],
                               bundle_dir=paths["bundle"], network=NAME,
                               hardening=bool(HARDENING.get(board)), **kwargs)],
             "file_dep": deps + [str(paths["object"])],
@@ -310,7 +312,7 @@ def task_mcux_sdk():
 def task_int8_predictions():
     """The int8 bundle's top-1 on the validation images used for engine parity."""
     return {
-        "actions": [stage("quantize:int8_predictions_stage", onnx_path=ONNX, profile_path=TUNED, data_dir=DATA,
+        "actions": [stage("int8.quantize:int8_predictions_stage", onnx_path=ONNX, profile_path=TUNED, data_dir=DATA,
                           split="val", max_images=CONFIG["evaluation"]["parity_images"], out_path=INT8_VAL,
                           network=NAME)],
         "file_dep": [str(ONNX), str(TUNED), str(DATA / "val_images.npy"), str(DATA / "val_labels.npy")] + BUNDLE_CODE,
@@ -324,9 +326,9 @@ def task_hardening():
     """Confidence hardening (round / noise / pseudo_noise_sin) evaluated on the test split, with a plot."""
     options = CONFIG["evaluation"]["hardening_options"]
     return {
-        "actions": [stage("hardening:run_stage", pth_path=PTH, channels=CONFIG["model"]["channels"], data_dir=DATA,
+        "actions": [stage("evaluations.hardening:run_stage", pth_path=PTH, channels=CONFIG["model"]["channels"], data_dir=DATA,
                           out_dir=REPORTS / "hardening", options=options)],
-        "file_dep": [str(PTH)] + TEST_SPLIT + code("hardening", "evaluation", "model", "shapes"),
+        "file_dep": [str(PTH)] + TEST_SPLIT + code("evaluations.hardening", "model.evaluation", "model.network", "model.shapes"),
         "targets": [str(REPORTS / "hardening" / f) for f in EVALUATIONS["hardening"]],
         "uptodate": [keys({"options": options, **subset(CONFIG, "model.channels")})],
         "clean": True,
@@ -337,10 +339,10 @@ def task_robustness():
     """Input-transformation voting, clean and under FGSM, with a plot."""
     evaluation = CONFIG["evaluation"]
     return {
-        "actions": [stage("robustness:run_stage", pth_path=PTH, channels=CONFIG["model"]["channels"], data_dir=DATA,
+        "actions": [stage("evaluations.robustness:run_stage", pth_path=PTH, channels=CONFIG["model"]["channels"], data_dir=DATA,
                           out_dir=REPORTS / "robustness", transforms=evaluation["robustness_transforms"],
                           epsilons=evaluation["fgsm_epsilons"], max_images=evaluation["robustness_images"])],
-        "file_dep": [str(PTH)] + TEST_SPLIT + code("robustness", "evaluation", "model", "shapes"),
+        "file_dep": [str(PTH)] + TEST_SPLIT + code("evaluations.robustness", "model.evaluation", "model.network", "model.shapes"),
         "targets": [str(REPORTS / "robustness" / f) for f in EVALUATIONS["robustness"]],
         "uptodate": [keys(subset(CONFIG, "evaluation.robustness_transforms", "evaluation.fgsm_epsilons",
                                  "evaluation.robustness_images", "model.channels"))],
@@ -351,11 +353,11 @@ def task_robustness():
 def task_parity():
     """PyTorch vs ONNX Runtime vs OpenCV DNN on the validation images, and the int8 bundle against each."""
     return {
-        "actions": [stage("parity:run_stage", pth_path=PTH, channels=CONFIG["model"]["channels"], onnx_path=ONNX,
+        "actions": [stage("evaluations.parity:run_stage", pth_path=PTH, channels=CONFIG["model"]["channels"], onnx_path=ONNX,
                           data_dir=DATA, out_dir=REPORTS / "parity", max_images=CONFIG["evaluation"]["parity_images"],
                           int8_predictions_path=INT8_VAL)],
         "file_dep": [str(PTH), str(ONNX), str(INT8_VAL), str(DATA / "val_images.npy"), str(DATA / "val_labels.npy")]
-                    + code("parity", "evaluation", "model", "shapes"),
+                    + code("evaluations.parity", "model.evaluation", "model.network", "model.shapes"),
         "targets": [str(REPORTS / "parity" / f) for f in EVALUATIONS["parity"]],
         "uptodate": [keys(subset(CONFIG, "evaluation.parity_images", "model.channels"))],
         "clean": True,
@@ -386,12 +388,12 @@ def task_report():
                "Robustness": REPORTS / "robustness" / "robustness.png"}
     out = BUILD / "report.md"
     return {
-        "actions": [stage("report:report_stage", out_path=out, build_dir=BUILD, boards=list(BOARDS.values()),
+        "actions": [stage("delivery.report:report_stage", out_path=out, build_dir=BUILD, boards=list(BOARDS.values()),
                           network=NAME, backend=BACKEND, macs=count_macs(tuple(CONFIG["model"]["channels"])),
                           accuracy_files={"deployed": ACCURACY, "training": MODEL / "metrics.json"},
                           sections=sections, figures=figures)],
         "file_dep": [f for board in BOARDS for f in board_outputs(board)] + [str(ACCURACY), str(MODEL / "metrics.json")]
-                    + [str(p) for p in (*sections.values(), *figures.values())] + code("report"),
+                    + [str(p) for p in (*sections.values(), *figures.values())] + code("delivery.report"),
         "targets": [str(out)],
         "uptodate": [keys({"backend": BACKEND, "boards": list(BOARDS)})],
         "clean": True,
@@ -419,9 +421,9 @@ def task_release():
     archive = BUILD / "release" / f"{NAME}-{version}.tar.gz"
     skipped = {f"{step}:{board}": reason for board, steps in SKIPS.items() for step, reason in steps.items()}
     return {
-        "actions": [stage("release:make_release", files=files, out_path=archive, name=NAME, version=version,
+        "actions": [stage("delivery.release:make_release", files=files, out_path=archive, name=NAME, version=version,
                           config=CONFIG, repo_dir=configuration.ROOT, skipped=skipped)],
-        "file_dep": sorted(files.values()) + code("release", "provenance"),
+        "file_dep": sorted(files.values()) + code("delivery.release", "core.provenance"),
         "targets": [str(archive)],
         "uptodate": [keys({"config": CONFIG, "skipped": skipped})],
         "clean": True,
@@ -431,12 +433,12 @@ def task_release():
 def task_verify_release():
     """Re-hash the release archive against its MANIFEST.json; fails naming any file that differs."""
     archive = BUILD / "release" / f"{NAME}-{CONFIG['project']['version']}.tar.gz"
-    return {"actions": [stage("release:verify_release_stage", path=archive)], "file_dep": [str(archive)],
+    return {"actions": [stage("delivery.release:verify_release_stage", path=archive)], "file_dep": [str(archive)],
             "uptodate": [False]}
 
 
 def task_cache_key():
     """Print the keys this tree and config give train and tune (once their inputs are built) and the entries in
     the step cache (PIPELINE_CACHE_DIR), for keying a CI cache."""
-    return {"actions": [stage("cache:print_keys", actions=task_train()["actions"] + task_tune()["actions"])],
+    return {"actions": [stage("core.cache:print_keys", actions=task_train()["actions"] + task_tune()["actions"])],
             "uptodate": [False], "verbosity": 2}

@@ -19,12 +19,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import bundle, firmware, profile  # noqa: E402
-from pipeline.config import load_board  # noqa: E402
-from pipeline.image_inc import write_image_inc  # noqa: E402
-from pipeline.model import CifarNet  # noqa: E402
-from pipeline.shapes import INPUT_SHAPE, count_macs  # noqa: E402
-from pipeline.report import APP_NOTE  # noqa: E402
+from pipeline.firmware import emulator, link  # noqa: E402
+from pipeline.int8 import bundle, profile  # noqa: E402
+from pipeline.core.config import load_board  # noqa: E402
+from pipeline.int8.image_inc import write_image_inc  # noqa: E402
+from pipeline.model.network import CifarNet  # noqa: E402
+from pipeline.model.shapes import INPUT_SHAPE, count_macs  # noqa: E402
+from pipeline.delivery.report import APP_NOTE  # noqa: E402
 
 LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TARGET_INSTRUCTIONS_PER_MAC = 1.5
@@ -45,12 +46,12 @@ def measure(board_name: str, onnx_path: Path, profile_path: Path, work: Path) ->
     bundle.make_bundle(onnx_path, profile_path, board, out / "bundle")
     images = np.random.default_rng(1).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
     write_image_inc(images[0], out / "source" / "input_image_test.inc", "random 0", 0, LABELS[0])
-    elfs = firmware.firmware_stage(board, bundle_dir=out / "bundle", source_dir=out / "source", out_dir=out,
+    elfs = link.firmware_stage(board, bundle_dir=out / "bundle", source_dir=out / "source", out_dir=out,
                                    network="cifar", labels=LABELS)
-    summary = firmware.emulation_stage(board, elf=elfs["emulator_elf"], bundle_dir=out / "bundle",
+    summary = emulator.emulation_stage(board, elf=elfs["emulator_elf"], bundle_dir=out / "bundle",
                                        image_inc=out / "source" / "input_image_test.inc", images=images[1:],
                                        labels=LABELS, out_dir=out, network="cifar")
-    return {"size": firmware.firmware_size(board, elfs["elf"]), "summary": summary, "board": board}
+    return {"size": link.firmware_size(board, elfs["elf"]), "summary": summary, "board": board}
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.provenance import clone_working_tree
+from pipeline.core.provenance import clone_working_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_JPEG = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"

@@ -1,7 +1,7 @@
 """pipeline/atomic.py: a rewrite with the same bytes keeps the old timestamp, a changed one does not."""
 import os
 
-from pipeline import atomic
+from pipeline.core import atomic
 
 PAST_NS = 1_600_000_000_123_456_789
 

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 
 from tiny_model import export_onnx, synthetic_images, train_tiny_model
-from pipeline import bundle, int8_graph, profile, quantize
-from pipeline.shapes import to_input
-from pipeline.tools import Skipped
+from pipeline.int8 import bundle
+from pipeline.int8 import graph as int8_graph
+from pipeline.int8 import profile
+from pipeline.int8 import quantize
+from pipeline.model.shapes import to_input
+from pipeline.core.tools import Skipped
 
 BOARDS = Path(__file__).resolve().parents[1] / "boards"
 needs_arm = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="arm-none-eabi-gcc not installed")
@@ -143,7 +146,7 @@ def test_full_size_cifarnet_is_bit_exact(tmp_path):
     """The real layer sizes (K = 27, 288, 576, 2048) through both C paths."""
     import torch
 
-    from pipeline.model import CifarNet
+    from pipeline.model.network import CifarNet
 
     torch.manual_seed(1)
     export_onnx(CifarNet().eval(), tmp_path / "full.onnx")

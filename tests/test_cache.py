@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_project, executed, run_doit, smoke_env
-from pipeline import cache, provenance
+from pipeline.core import cache
+from pipeline.core import provenance
 
 
 def sha(data: bytes) -> str:
@@ -325,7 +326,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from pipeline.cache import cached_action
+from pipeline.core.cache import cached_action
 
 def train(out):
     runs = Path(os.environ["RUN_LOG"])

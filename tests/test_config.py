@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline import config
+from pipeline.core import config
 
 
 def test_defaults_apply_the_default_preset():

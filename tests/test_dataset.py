@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import CLASSES, make_image_folder
-from pipeline import dataset
+from pipeline.model import dataset
 
 SMALL = dict(validation_per_class=4, images_per_class=2, tuning_per_class=1)
 

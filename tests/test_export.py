@@ -6,9 +6,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from pipeline import dataset, export
-from pipeline.model import CifarNet
-from pipeline.shapes import to_input
+from pipeline.model import dataset
+from pipeline.model import export
+from pipeline.model.network import CifarNet
+from pipeline.model.shapes import to_input
 
 CHANNELS = [8, 8, 16, 16]
 

@@ -10,13 +10,15 @@ import subprocess
 import numpy as np
 import pytest
 
-from pipeline import bundle, firmware, profile
-from pipeline.config import load_board
-from pipeline.hardening import harden
-from pipeline.image_inc import write_image_inc
-from pipeline.evaluation import softmax
-from pipeline.shapes import INPUT_SHAPE, to_input
-from pipeline.tools import Skipped
+from pipeline.int8 import bundle
+from pipeline.firmware import app, emulator, link, vendor
+from pipeline.int8 import profile
+from pipeline.core.config import load_board
+from pipeline.evaluations.hardening import harden
+from pipeline.int8.image_inc import write_image_inc
+from pipeline.model.evaluation import softmax
+from pipeline.model.shapes import INPUT_SHAPE, to_input
+from pipeline.core.tools import Skipped
 from tiny_model import export_onnx, synthetic_images, train_tiny_model
 
 pytestmark = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
@@ -44,11 +46,11 @@ def make_board_build(model_files, board_name, out, hardening=None):
     board = load_board(board_name)
     bundle.make_bundle(work / "cifar.onnx", work / "profile.yml", board, out / "bundle")
     write_image_inc(images[0], out / "source" / "input_image_test.inc", "synthetic 0", 0, LABELS[0])
-    main_c = firmware.render_main_c(out / "source" / "main.c", network="cifar", labels=LABELS,
+    main_c = app.render_main_c(out / "source" / "main.c", network="cifar", labels=LABELS,
                                     description=board["description"], header_path=out / "bundle" / "cifar.h",
                                     image_inc_path=out / "source" / "input_image_test.inc",
                                     input_bytes=INPUT_BYTES, hardening=hardening)
-    elfs = firmware.build_firmware(board, main_c=main_c, bundle_dir=out / "bundle", network="cifar", out_dir=out,
+    elfs = link.build_firmware(board, main_c=main_c, bundle_dir=out / "bundle", network="cifar", out_dir=out,
                                    hardening=bool(hardening))
     runner = bundle.build_host_runner(out / "bundle", out / "host", "cifar")
     reference = bundle.run_host_bundle(runner, out / "bundle" / "cifar.weights.bin", inputs, out / "host")
@@ -59,7 +61,7 @@ def make_board_build(model_files, board_name, out, hardening=None):
 def board_build(request, model_files, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
     board, elfs, reference = make_board_build(model_files, request.param, out)
-    summary = firmware.emulate_and_check(board, elfs["emulator_elf"], to_input(model_files[1]), reference, LABELS,
+    summary = emulator.emulate_and_check(board, elfs["emulator_elf"], to_input(model_files[1]), reference, LABELS,
                                          out, timeout=60)
     return board, elfs, reference, summary, out
 
@@ -69,7 +71,7 @@ def test_firmware_under_qemu_equals_host_bundle_bit_for_bit(board_build, model_f
     check = summary["check"]
     assert check["images"] == len(model_files[1]) == 5
     assert check["bit_identical"] == 5, "DSP-path kernels on Arm differ from the portable C on the host"
-    results = firmware.parse_log((out / "emulator.log").read_text())
+    results = emulator.parse_log((out / "emulator.log").read_text())
     assert [r.top1 for r in results] == list(np.argmax(reference, axis=1))
     for result, probs in zip(results, softmax(reference)):
         assert abs(result.confidence_value - probs[result.top1]) <= 1e-3
@@ -86,7 +88,7 @@ def test_console_has_the_app_notes_lines(board_build):
 
 def test_instruction_counts_are_deterministic_and_per_image(board_build, model_files):
     board, elfs, reference, summary, out = board_build
-    again = firmware.emulate_and_check(board, elfs["emulator_elf"], to_input(model_files[1]), reference, LABELS,
+    again = emulator.emulate_and_check(board, elfs["emulator_elf"], to_input(model_files[1]), reference, LABELS,
                                        out / "again", timeout=60)
     assert [i["instructions"] for i in again["images"]] == [i["instructions"] for i in summary["images"]]
     assert all(image["instructions"] > 0 for image in summary["images"])
@@ -101,13 +103,13 @@ def test_rt1060_runs_its_own_elf_and_rt685_is_relinked_for_an505(board_build):
         vectors[key] = int(re.search(r"^\.vectors\s+\d+\s+(\d+)", sections, re.MULTILINE)[1])
     code_region = board["firmware"]["placement"]["code"]
     assert vectors["elf"] == board["memory"][code_region]["origin"]
-    assert vectors["emulator_elf"] == firmware.memory_map(board, for_emulator=True)[code_region]["origin"]
-    assert (elfs["elf"] == elfs["emulator_elf"]) == (not firmware.needs_emulator_link(board))
+    assert vectors["emulator_elf"] == link.memory_map(board, for_emulator=True)[code_region]["origin"]
+    assert (elfs["elf"] == elfs["emulator_elf"]) == (not link.needs_emulator_link(board))
 
 
 def test_footprint_counts_weights_as_flash_and_activations_as_sram(board_build):
     board, elfs, *_ , out = board_build
-    size = firmware.firmware_size(board, elfs["elf"])
+    size = link.firmware_size(board, elfs["elf"])
     macros = bundle.header_macros(out / "bundle" / "cifar.h")
     assert size["flash"] == size["text"] + size["data"] >= macros["CIFAR_CONSTANT_MEM_SIZE"]
     assert size["sram"] >= macros["CIFAR_ACTIVATIONS_MEM_SIZE"] + macros["CIFAR_MUTABLE_MEM_SIZE"] + size["stack"]
@@ -115,19 +117,19 @@ def test_footprint_counts_weights_as_flash_and_activations_as_sram(board_build):
 
 def test_wrong_class_is_a_clear_failure(board_build):
     board, elfs, reference, summary, out = board_build
-    results = firmware.parse_log((out / "emulator.log").read_text())
+    results = emulator.parse_log((out / "emulator.log").read_text())
     wrong = reference.copy()
     wrong[2] = np.roll(wrong[2], 1)  # the host now disagrees on image 2's class
-    with pytest.raises(firmware.FirmwareError, match=r"image 2: firmware top-1 is \d \(\w+\) but the host bundle "
+    with pytest.raises(emulator.FirmwareError, match=r"image 2: firmware top-1 is \d \(\w+\) but the host bundle "
                                                      r"gives \d \(\w+\)"):
-        firmware.compare_with_reference(results, wrong, LABELS)
+        emulator.compare_with_reference(results, wrong, LABELS)
 
 
 def test_build_is_byte_identical_in_another_folder(board_build, model_files, tmp_path):
     board, elfs, *_, out = board_build
     shutil.copytree(out / "bundle", tmp_path / "bundle")
     shutil.copytree(out / "source", tmp_path / "source")
-    again = firmware.build_firmware(board, main_c=tmp_path / "source" / "main.c", bundle_dir=tmp_path / "bundle",
+    again = link.build_firmware(board, main_c=tmp_path / "source" / "main.c", bundle_dir=tmp_path / "bundle",
                                     network="cifar", out_dir=tmp_path / "fw")
     assert again["elf"].read_bytes() == elfs["elf"].read_bytes()
 
@@ -137,11 +139,11 @@ def test_stages_run_the_test_image_then_uint8_images(model_files, tmp_path):
     board = load_board("rt685_m33")
     bundle.make_bundle(work / "cifar.onnx", work / "profile.yml", board, tmp_path / "bundle")
     write_image_inc(test_images[0], tmp_path / "source" / "input_image_test.inc", "synthetic 0", 0, LABELS[0])
-    elfs = firmware.firmware_stage(board, bundle_dir=tmp_path / "bundle", source_dir=tmp_path / "source",
+    elfs = link.firmware_stage(board, bundle_dir=tmp_path / "bundle", source_dir=tmp_path / "source",
                                    out_dir=tmp_path, network="cifar", labels=LABELS)
-    assert sorted(firmware.firmware_targets(board, tmp_path)) == sorted(
+    assert sorted(link.firmware_targets(board, tmp_path)) == sorted(
         p for p in tmp_path.rglob("firmware.*") if "obj" not in p.parts)
-    summary = firmware.emulation_stage(board, elf=elfs["emulator_elf"], bundle_dir=tmp_path / "bundle",
+    summary = emulator.emulation_stage(board, elf=elfs["emulator_elf"], bundle_dir=tmp_path / "bundle",
                                        image_inc=tmp_path / "source" / "input_image_test.inc", images=images,
                                        labels=LABELS, out_dir=tmp_path, network="cifar", timeout=60)
     assert summary["check"]["images"] == summary["check"]["bit_identical"] == 1 + len(images)
@@ -152,7 +154,7 @@ def test_stages_run_the_test_image_then_uint8_images(model_files, tmp_path):
 def test_hardened_firmware_matches_python_hardening(model_files, tmp_path):
     board, elfs, reference = make_board_build(model_files, "rt1060", tmp_path, hardening=NOISE)
     assert "harden_confidences" in (tmp_path / "source" / "main.c").read_text()
-    summary = firmware.emulate_and_check(board, elfs["emulator_elf"], to_input(model_files[1]), reference, LABELS,
+    summary = emulator.emulate_and_check(board, elfs["emulator_elf"], to_input(model_files[1]), reference, LABELS,
                                          tmp_path, timeout=60, hardening=NOISE)
     expected = harden(softmax(reference), NOISE)
     got = [image["confidence"] for image in summary["images"]]
@@ -172,9 +174,9 @@ def stand_in_firmware(board_build, tmp_path, body: str):
     (tmp_path / "stand_in.c").write_text(
         "#include <stdint.h>\nint cifar(uint8_t *constants, uint8_t *mutables, uint8_t *activations)\n{\n"
         "    (void)constants; (void)mutables; (void)activations;\n" + body + "\n}\n")
-    firmware.compile_objects(board, [tmp_path / "stand_in.c"], {}, tmp_path / "obj")
+    link.compile_objects(board, [tmp_path / "stand_in.c"], {}, tmp_path / "obj")
     shutil.copy(tmp_path / "obj" / "stand_in.o", tmp_path / "bundle" / "cifar.o")
-    return board, firmware.build_firmware(board, main_c=tmp_path / "source" / "main.c",
+    return board, link.build_firmware(board, main_c=tmp_path / "source" / "main.c",
                                           bundle_dir=tmp_path / "bundle", network="cifar",
                                           out_dir=tmp_path / "fw")["emulator_elf"]
 
@@ -184,42 +186,42 @@ def loop_instructions(board_build, tmp_path, iterations: int) -> int:
     uint32_t left = {iterations}u;
     __asm__ volatile("1: subs %0, %0, #1\\n\\tbne 1b" : "+r"(left) : : "cc");
     return 0;""")
-    _, results = firmware.run_emulator(board, elf, timeout=60)
-    return round(results[0].cycles * firmware.instructions_per_tick(board))
+    _, results = emulator.run_emulator(board, elf, timeout=60)
+    return round(results[0].cycles * emulator.instructions_per_tick(board))
 
 
 def test_instruction_count_is_calibrated_on_a_loop_of_known_length(board_build, tmp_path):
     short = loop_instructions(board_build, tmp_path / "short", 1)
     long = loop_instructions(board_build, tmp_path / "long", 1_000_001)
-    one_tick = firmware.instructions_per_tick(board_build[0])
+    one_tick = emulator.instructions_per_tick(board_build[0])
     assert abs((long - short) - 2_000_000) <= 2 * one_tick  # two instructions per iteration, +-1 tick each end
 
 
 def test_hang_times_out_with_a_clear_error(board_build, tmp_path):
     board, elf = stand_in_firmware(board_build, tmp_path, "    for (;;) {\n    }")
-    with pytest.raises(firmware.FirmwareError, match=r"still running after 3 s under mps2-an50\d \(hung\?\)"):
-        firmware.run_emulator(board, elf, timeout=3)
+    with pytest.raises(emulator.FirmwareError, match=r"still running after 3 s under mps2-an50\d \(hung\?\)"):
+        emulator.run_emulator(board, elf, timeout=3)
 
 
 def test_crash_names_the_exception(board_build, tmp_path):
     board, elf = stand_in_firmware(board_build, tmp_path, "    __builtin_trap();\n    return 0;")
-    with pytest.raises(firmware.FirmwareError, match=r"exit 2(.|\n)*Fault: exception 003"):
-        firmware.run_emulator(board, elf, timeout=20)
+    with pytest.raises(emulator.FirmwareError, match=r"exit 2(.|\n)*Fault: exception 003"):
+        emulator.run_emulator(board, elf, timeout=20)
 
 
 # ----------------------------------------------------------------------------------------------- bad inputs
 def test_header_without_the_bundle_abi_is_rejected(tmp_path):
     (tmp_path / "cifar.h").write_text("#define CIFAR_input 0\n#define CIFAR_CONSTANT_MEM_SIZE 64\n")
     with pytest.raises(ValueError, match=r"cifar\.h: missing CIFAR_output, CIFAR_MUTABLE_MEM_SIZE"):
-        firmware.check_bundle_header(tmp_path / "cifar.h", "cifar")
+        app.check_bundle_header(tmp_path / "cifar.h", "cifar")
 
 
 def test_image_inc_of_the_wrong_size_is_rejected(tmp_path):
     (tmp_path / "cifar.h").write_text("".join(f"#define CIFAR_{name} 64\n" for name in
-                                              ("input", "output", *firmware.REQUIRED_MACROS)))
+                                              ("input", "output", *app.REQUIRED_MACROS)))
     write_image_inc(np.zeros((16, 16, 3), np.uint8), tmp_path / "input_image_test.inc", "small", 0, LABELS[0])
     with pytest.raises(ValueError, match=r"input_image_test\.inc: holds 3072 bytes but the network input takes 12288"):
-        firmware.render_main_c(tmp_path / "main.c", network="cifar", labels=LABELS, description="x",
+        app.render_main_c(tmp_path / "main.c", network="cifar", labels=LABELS, description="x",
                                header_path=tmp_path / "cifar.h", image_inc_path=tmp_path / "input_image_test.inc",
                                input_bytes=INPUT_BYTES)
     assert not (tmp_path / "main.c").exists()
@@ -229,7 +231,7 @@ def test_placement_in_an_unknown_region_is_rejected(tmp_path):
     board = load_board("rt1060")
     board["firmware"]["placement"]["weights"] = "flash"
     with pytest.raises(ValueError, match=r"rt1060\.toml: \[firmware\.placement\] names region 'flash'"):
-        firmware.render_linker_script(tmp_path / "firmware.ld", board)
+        link.render_linker_script(tmp_path / "firmware.ld", board)
 
 
 # -------------------------------------------------------------------------------- SDK, Zephyr, Xtensa flows
@@ -238,14 +240,14 @@ def test_xtensa_board_skips_without_its_toolchain_and_leaves_no_elf(tmp_path, mo
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     (tmp_path / "cifar.o").write_bytes(b"")
     with pytest.raises(Skipped, match=r"skipped: no Xtensa toolchain .*XTENSA_TOOLS.*XTENSA_SYSTEM"):
-        firmware.build_firmware(load_board("rt685_hifi4"), main_c=tmp_path / "main.c", bundle_dir=tmp_path,
+        link.build_firmware(load_board("rt685_hifi4"), main_c=tmp_path / "main.c", bundle_dir=tmp_path,
                                 network="cifar", out_dir=tmp_path / "fw")
     assert not (tmp_path / "fw" / "firmware.elf").exists()
 
 
 def test_xtensa_command_uses_the_boards_core_and_lsp():
     board = load_board("rt685_hifi4")
-    cmd = firmware.xtensa_build_command(board, xt_clang="xt-clang", xtensa_system="/opt/xtensa/registry",
+    cmd = link.xtensa_build_command(board, xt_clang="xt-clang", xtensa_system="/opt/xtensa/registry",
                                         main_c="/b/source/main.c", bundle_dir="/b/bundle", network="cifar",
                                         out_elf="firmware.elf")
     assert cmd[:3] == ["xt-clang", "--xtensa-core=nxp_rt600_RI23_11_newlib",
@@ -260,30 +262,30 @@ def test_xtensa_command_uses_the_boards_core_and_lsp():
 ])
 def test_zephyr_command_and_skip(board_name, target, variant, tmp_path):
     board = load_board(board_name)
-    cmd, env = firmware.zephyr_build_command(board, build_dir="build/z", source_dir="build/src",
+    cmd, env = vendor.zephyr_build_command(board, build_dir="build/z", source_dir="build/src",
                                              bundle_dir="build/bundle", network="cifar", hardening=True)
     assert cmd[:7] == ["west", "build", "-p", "auto", "-b", target, "-d"]
-    assert cmd[8] == str(firmware.ZEPHYR_APP)
+    assert cmd[8] == str(app.ZEPHYR_APP)
     assert cmd[9:] == ["--", "-DAPP_SOURCE_DIR=build/src", "-DBUNDLE_DIR=build/bundle", "-DNETWORK=cifar",
                        "-DHARDENING=ON"]
     assert env["ZEPHYR_TOOLCHAIN_VARIANT"] == variant
     assert env.get("GNUARMEMB_TOOLCHAIN_PATH") == ("/usr" if variant == "gnuarmemb" else None)
     with pytest.raises(Skipped, match="skipped: ZEPHYR_BASE is not set"):
-        firmware.zephyr_build(board, build_dir=tmp_path, source_dir=tmp_path, bundle_dir=tmp_path,
+        vendor.zephyr_build(board, build_dir=tmp_path, source_dir=tmp_path, bundle_dir=tmp_path,
                               network="cifar", environ={"PATH": "/usr/bin"})
 
 
 def test_mcux_sdk_flow_skips_without_sdk_and_renders_the_ram_project(tmp_path):
     board = load_board("rt1060")
     with pytest.raises(Skipped, match="skipped: MCUX_SDK_ROOT is not set"):
-        firmware.mcux_sdk_build(board, source_dir=tmp_path, bundle_dir=tmp_path, network="cifar",
+        vendor.mcux_sdk_build(board, source_dir=tmp_path, bundle_dir=tmp_path, network="cifar",
                                 out_dir=tmp_path / "sdk", environ={})
     assert not (tmp_path / "sdk").exists()
-    cmake = firmware.render_mcux_cmake(tmp_path / "CMakeLists.txt", board, "cifar").read_text()
+    cmake = vendor.render_mcux_cmake(tmp_path / "CMakeLists.txt", board, "cifar").read_text()
     assert "-T${DEVICE_DIR}/gcc/MIMXRT1062xxxxx_ram.ld" in cmake
     assert "MCUX_BOARD_INIT=(BOARD_ConfigMPU(), BOARD_InitBootPins()" in cmake
     assert "${BUNDLE_DIR}/cifar.o" in cmake and "/work" not in cmake and str(tmp_path) not in cmake
-    configure, build = firmware.mcux_sdk_commands("/sdk", "p", "p/build", "src", "bundle")
+    configure, build = vendor.mcux_sdk_commands("/sdk", "p", "p/build", "src", "bundle")
     assert "-DCMAKE_TOOLCHAIN_FILE=/sdk/tools/cmake_toolchain_files/armgcc.cmake" in configure
     assert "-DCMAKE_BUILD_TYPE=release" in configure and build == ["cmake", "--build", "p/build"]
 
@@ -299,6 +301,6 @@ def test_cycle_counter_extension_counts_wraps(tmp_path):
                        '        printf("%" PRIu64 "\\n", platform_counter_extend(&c, reads[i]));\n'
                        '    return 0;\n}\n')
     exe = tmp_path / "counter"
-    subprocess.run(["gcc", "-Wall", "-Wextra", "-Werror", f"-I{firmware.MCUX_APP}", program, "-o", exe], check=True)
+    subprocess.run(["gcc", "-Wall", "-Wextra", "-Werror", f"-I{app.MCUX_APP}", program, "-o", exe], check=True)
     printed = [int(line) for line in subprocess.run([exe], capture_output=True, text=True, check=True).stdout.split()]
     assert printed == [5, 0xFFFFFFF0, 2**32 + 0x10, 2**32 + 0x10, 2**32 + 0x20, 2 * 2**32 + 3]

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import glow
-from pipeline.tools import Skipped, ToolError
+from pipeline.int8 import glow
+from pipeline.core.tools import Skipped, ToolError
 
 BOARDS = Path(__file__).resolve().parents[1] / "boards"
 

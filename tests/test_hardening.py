@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import hardening
+from pipeline.core import config
+from pipeline.evaluations import hardening
 
 ROOT = Path(__file__).resolve().parent.parent
 C_SOURCE = ROOT / "mcux_app" / "hardening.c"
@@ -195,7 +196,7 @@ def test_c_file_compiles_cleanly_for_each_arm_board(board, tmp_path):
 def test_stage_evaluates_the_model_softmax_over_the_split(tmp_path):
     import torch
 
-    from pipeline.model import CifarNet
+    from pipeline.model.network import CifarNet
     from tiny_model import TINY_CHANNELS, synthetic_images
 
     torch.manual_seed(0)
@@ -203,8 +204,9 @@ def test_stage_evaluates_the_model_softmax_over_the_split(tmp_path):
     images, labels = synthetic_images(60, seed=5)
     np.save(tmp_path / "test_images.npy", images)
     np.save(tmp_path / "test_labels.npy", labels)
-    summary = hardening.run_stage(tmp_path / "cifar.pth", TINY_CHANNELS, tmp_path, tmp_path / "out")
+    options = config.SCHEMA["evaluation"]["hardening_options"].default
+    summary = hardening.run_stage(tmp_path / "cifar.pth", TINY_CHANNELS, tmp_path, tmp_path / "out", options)
     assert summary["images"] == 60
-    assert [r["label"] for r in summary["options"]] == [hardening.option_label(o) for o in hardening.DEFAULT_OPTIONS]
+    assert [r["label"] for r in summary["options"]] == [hardening.option_label(o) for o in options]
     assert all(r["top1_agreement"] == 1.0 for r in summary["options"] if r["option"]["method"] != "round")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hardening.json", "hardening.md", "hardening.png"]

@@ -4,8 +4,8 @@ import re
 import numpy as np
 import pytest
 
-from pipeline import image_inc
-from pipeline.shapes import to_input
+from pipeline.int8 import image_inc
+from pipeline.model.shapes import to_input
 
 
 def test_inc_format_and_round_trip(tmp_path):

@@ -5,8 +5,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from tiny_model import export_onnx, synthetic_images, train_tiny_model
-from pipeline import int8_graph
-from pipeline.shapes import to_input
+from pipeline.int8 import graph as int8_graph
+from pipeline.model.shapes import to_input
 
 
 def onnxruntime_outputs(onnx_path, inputs):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from pipeline import parity
-from pipeline.evaluation import balanced_subset
+from pipeline.evaluations import parity
+from pipeline.model.evaluation import balanced_subset
 from tiny_model import TINY_CHANNELS, export_onnx, synthetic_images, train_tiny_model
 
 
@@ -98,7 +98,7 @@ def test_missing_model_names_the_task(tmp_path):
 
 
 def test_weights_of_another_width_name_the_setting(exported):
-    from pipeline.evaluation import load_model
+    from pipeline.model.evaluation import load_model
 
     with pytest.raises(ValueError, match="model.channels"):
         load_model(exported / "cifar.pth", channels=(32, 32, 64, 128))

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import yaml
 from onnx import numpy_helper
 
-from pipeline.bundle import header_macros
+from pipeline.int8.bundle import header_macros
 
 ARM_BOARDS = ("rt1060", "rt685_m33")
 

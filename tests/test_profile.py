@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from tiny_model import export_onnx, synthetic_images, train_tiny_model
-from pipeline import int8_graph, profile
-from pipeline.shapes import to_input
+from pipeline.int8 import graph as int8_graph
+from pipeline.int8 import profile
+from pipeline.model.shapes import to_input
 
 
 @pytest.fixture(scope="module")

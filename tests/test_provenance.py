@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy
 import pytest
 
-from pipeline import provenance
+from pipeline.core import provenance
 
 
 def write(root: Path, files: dict) -> Path:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import quantize
+from pipeline.int8 import quantize
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import numpy
 import pytest
 
 from conftest import executed, run_doit
-from pipeline import release
-from pipeline.provenance import file_sha256
+from pipeline.delivery import release
+from pipeline.core.provenance import file_sha256
 
 
 def make_deliverables(folder: Path) -> dict:

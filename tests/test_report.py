@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from pipeline import report
-from pipeline.config import load_board
+from pipeline.delivery import report
+from pipeline.core.config import load_board
 
 MACS = 19_797_504
 

@@ -4,7 +4,8 @@ release archive. Only doit's own bookkeeping (provenance.DOIT_STATE) may differ.
 from fnmatch import fnmatch
 
 from conftest import copy_project, run_doit, smoke_env
-from pipeline import provenance, release
+from pipeline.core import provenance
+from pipeline.delivery import release
 
 SMOKE = "config=configs/smoke.toml"
 # What the issue names, so the comparison cannot pass on a build that made none of it.

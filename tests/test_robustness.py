@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import robustness
-from pipeline.evaluation import balanced_subset, torch_logits
-from pipeline.shapes import to_input
+from pipeline.evaluations import robustness
+from pipeline.model.evaluation import balanced_subset, torch_logits
+from pipeline.model.shapes import to_input
 from tiny_model import TINY_CHANNELS, synthetic_images, train_tiny_model
 
 FEW_TRANSFORMS = [{"kind": "rotate", "degrees": -8}, {"kind": "blur", "radius": 0.6},

@@ -3,9 +3,11 @@ import json
 import pytest
 import torch
 
-from pipeline import config, dataset, train
-from pipeline.evaluation import ModelFileError
-from pipeline.model import CifarNet
+from pipeline.core import config
+from pipeline.model import dataset
+from pipeline.model import train
+from pipeline.model.evaluation import ModelFileError
+from pipeline.model.network import CifarNet
 
 RECIPE = dict(config.TRAINING_PRESETS["an13331"], epochs=3)
 

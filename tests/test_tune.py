@@ -6,8 +6,11 @@ import pytest
 from PIL import Image
 
 from tiny_model import export_onnx, synthetic_images, train_tiny_model
-from pipeline import int8_graph, profile, quantize, tune
-from pipeline.shapes import to_input
+from pipeline.int8 import graph as int8_graph
+from pipeline.int8 import profile
+from pipeline.int8 import quantize
+from pipeline.int8 import tune
+from pipeline.model.shapes import to_input
 
 
 @pytest.fixture(scope="module")

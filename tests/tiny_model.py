@@ -5,8 +5,8 @@ narrow CifarNet reaches high accuracy in a few dozen steps, varied enough that a
 import numpy as np
 import torch
 
-from pipeline.model import CifarNet
-from pipeline.shapes import to_input
+from pipeline.model.network import CifarNet
+from pipeline.model.shapes import to_input
 
 TINY_CHANNELS = (8, 8, 16, 16)
 

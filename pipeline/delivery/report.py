@@ -3,9 +3,9 @@ with the note's own figures beside it, plus accuracy, the emulator check and eve
 import json
 from pathlib import Path
 
-from pipeline.atomic import write_text
-from pipeline.bundle import header_macros
-from pipeline.firmware import firmware_size
+from pipeline.core.atomic import write_text
+from pipeline.int8.bundle import header_macros
+from pipeline.firmware.link import firmware_size
 
 # AN13331's published figures (Glow bundle of its CIFAR-10 model on the EVKs), quoted for comparison.
 APP_NOTE = {

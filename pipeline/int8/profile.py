@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import int8_graph
-from pipeline.atomic import write_text
-from pipeline.shapes import to_input
+from pipeline.int8 import graph as int8_graph
+from pipeline.core.atomic import write_text
+from pipeline.model.shapes import to_input
 
 HISTOGRAM_BINS = 10  # Glow's default profiling histogram size
 TOOLS_VERSION = "built-in int8 backend"

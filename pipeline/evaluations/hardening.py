@@ -13,11 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import save_png, write_text
-from pipeline.config import SCHEMA
+from pipeline.core.atomic import save_png, write_text
 
 F32 = np.float32
-DEFAULT_OPTIONS = SCHEMA["evaluation"]["hardening_options"].default  # the config schema holds the defaults
 METHODS = {
     # method: (C enum, {parameter: (check, explanation)})
     "round": ("HARDENING_ROUND", {"step": (lambda v: 0 < v <= 1, "a step in (0, 1], e.g. 0.05 or 0.25")}),
@@ -201,10 +199,10 @@ def run_evaluation(probabilities, options, out_dir) -> dict:
     return summary
 
 
-def run_stage(pth_path, channels, data_dir, out_dir, options=DEFAULT_OPTIONS, split: str = "test") -> dict:
+def run_stage(pth_path, channels, data_dir, out_dir, options, split: str = "test") -> dict:
     """The doit stage: the float model's softmax over a split, evaluated under every option."""
-    from pipeline.dataset import load_split
-    from pipeline.evaluation import load_model, softmax, torch_logits
+    from pipeline.model.dataset import load_split
+    from pipeline.model.evaluation import load_model, softmax, torch_logits
 
     images, _ = load_split(data_dir, split)
     options = [parse_option(o, where=f"hardening.evaluate[{i}]") for i, o in enumerate(options)]

@@ -19,9 +19,9 @@ import sys
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from pipeline.atomic import atomic_path
-from pipeline.provenance import ABSENT, file_sha256, package_versions, tree_digests, tree_differences
-from pipeline.tools import find_tool
+from pipeline.core.atomic import atomic_path
+from pipeline.core.provenance import ABSENT, file_sha256, package_versions, tree_digests, tree_differences
+from pipeline.core.tools import find_tool
 
 MANIFEST = "MANIFEST.json"
 ARCHIVE_SUFFIX = ".tar.gz"

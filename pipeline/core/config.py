@@ -9,7 +9,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BOARDS_DIR = ROOT / "boards"
 
 
@@ -174,7 +174,7 @@ def _check_lists(cfg: dict, origin: str) -> None:
         raise ConfigError(f"{origin}: model.channels = {channels!r}: expected four positive integers, "
                           f"e.g. [32, 32, 64, 128]")
     valid = available_boards()
-    from pipeline.hardening import parse_option
+    from pipeline.evaluations.hardening import parse_option
 
     for board, option in cfg["firmware"]["hardening"].items():
         if board not in valid:

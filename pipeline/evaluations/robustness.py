@@ -18,10 +18,10 @@ import torch
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
-from pipeline.atomic import save_png, write_text
-from pipeline.config import SCHEMA
-from pipeline.evaluation import balanced_subset, load_model, softmax, torch_logits
-from pipeline.shapes import to_input
+from pipeline.core.atomic import save_png, write_text
+from pipeline.core.config import SCHEMA
+from pipeline.model.evaluation import balanced_subset, load_model, softmax, torch_logits
+from pipeline.model.shapes import to_input
 
 TRANSFORMS = {
     # kind: {parameter: (type, check, explanation)}
@@ -192,7 +192,7 @@ def run_evaluation(model: torch.nn.Module, images, labels, out_dir, transforms=D
 def run_stage(pth_path, channels, data_dir, out_dir, transforms=DEFAULT_TRANSFORMS, epsilons=DEFAULT_EPSILONS,
               max_images: int = 1000, split: str = "test") -> dict:
     """The doit stage: `max_images` of a split, balanced over the classes (0 = all), through run_evaluation."""
-    from pipeline.dataset import load_split
+    from pipeline.model.dataset import load_split
 
     images, labels = load_split(data_dir, split)
     keep = balanced_subset(labels, max_images)

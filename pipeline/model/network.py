@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from pipeline.shapes import INPUT_SHAPE
+from pipeline.model.shapes import INPUT_SHAPE
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline import atomic
-from pipeline.dataset import load_classes, load_split
-from pipeline.evaluation import load_state, torch_logits
-from pipeline.model import CifarNet
-from pipeline.shapes import to_input
+from pipeline.core import atomic
+from pipeline.model.dataset import load_classes, load_split
+from pipeline.model.evaluation import load_state, torch_logits
+from pipeline.model.network import CifarNet
+from pipeline.model.shapes import to_input
 
 EVAL_BATCH = 500
 

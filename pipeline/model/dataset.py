@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline import atomic
-from pipeline.provenance import content_sha256, file_sha256
+from pipeline.core import atomic
+from pipeline.core.provenance import content_sha256, file_sha256
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.evaluation import softmax
+from pipeline.model.evaluation import softmax
 
 SUPPORTED_OPS = ("Conv", "Relu", "MaxPool", "Gemm", "MatMul", "Add", "Flatten", "Reshape", "Softmax")
 INT8_MIN, INT8_MAX = -128, 127

@@ -10,9 +10,9 @@ import dataclasses
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import int8_graph
-from pipeline.shapes import to_input
-from pipeline.profile import Profile, read_profile, write_profile
+from pipeline.int8 import graph as int8_graph
+from pipeline.model.shapes import to_input
+from pipeline.int8.profile import Profile, read_profile, write_profile
 
 # ModelTuner.cpp defaults: -max-iter-per-node=3, -acc-drop-skip=0.05, -target-accuracy=1.0 (the note uses .9).
 MAX_ITER_PER_NODE = 3

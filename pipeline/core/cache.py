@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.atomic import atomic_path
-from pipeline.provenance import content_sha256, file_sha256, package_versions
+from pipeline.core.atomic import atomic_path
+from pipeline.core.provenance import content_sha256, file_sha256, package_versions
 
 CACHE_ENV = "PIPELINE_CACHE_DIR"
 CACHE_FORMAT = 1  # bump when the entry layout or key recipe changes

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.shapes import to_input
+from pipeline.model.shapes import to_input
 
 
 class ModelFileError(ValueError):
@@ -36,7 +36,7 @@ def load_state(model, path, state: dict | None = None) -> None:
 def load_model(pth_path, channels=(32, 32, 64, 128)):
     """CifarNet in eval mode with the weights of `pth_path` (a state_dict, as training saves it), with as many
     classes as its classifier has; a missing, unreadable or mismatched file is a clear error."""
-    from pipeline.model import CifarNet
+    from pipeline.model.network import CifarNet
 
     pth_path = Path(pth_path)
     if not pth_path.is_file():

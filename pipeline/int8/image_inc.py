@@ -2,8 +2,8 @@
 glow_process_image.py (neg1to1, NCHW, RGB, float32 little-endian, "0X%02X, " with 20 bytes per line)."""
 import numpy as np
 
-from pipeline.atomic import write_text
-from pipeline.shapes import to_input
+from pipeline.core.atomic import write_text
+from pipeline.model.shapes import to_input
 
 BYTES_PER_LINE = 20
 

@@ -5,8 +5,8 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.atomic import atomic_dir, atomic_path
-from pipeline.tools import Skipped, ToolError, find_tool, run_tool
+from pipeline.core.atomic import atomic_dir, atomic_path
+from pipeline.core.tools import Skipped, ToolError, find_tool, run_tool
 
 TOOLS = ("model-compiler", "model-tuner", "image-classifier")
 INSTALL_HINT = ("Install Glow (NXP eIQ Glow, or build pytorch/glow) and put its bin folder on PATH or set "

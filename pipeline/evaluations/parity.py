@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import write_text
-from pipeline.evaluation import balanced_subset, load_model, onnxruntime_logits, require_onnx, torch_logits
-from pipeline.shapes import to_input
+from pipeline.core.atomic import write_text
+from pipeline.model.evaluation import balanced_subset, load_model, onnxruntime_logits, require_onnx, torch_logits
+from pipeline.model.shapes import to_input
 
 OPENCV_PIN = "opencv-python-headless==4.13.0.92"
 
@@ -95,7 +95,7 @@ def run_stage(pth_path, channels, onnx_path, data_dir, out_dir, max_images: int 
               int8_predictions_path=None) -> dict:
     """The doit stage: parity.json and parity.md in out_dir. int8 predictions, if given, are an .npy of class
     indices for the same `max_images` balanced subset of the split."""
-    from pipeline.dataset import load_split
+    from pipeline.model.dataset import load_split
 
     images, labels = load_split(data_dir, split)
     keep = balanced_subset(labels, max_images)

@@ -9,14 +9,13 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from pipeline.config import ROOT
+from pipeline.core.config import ROOT
 
 
 def code(*modules: str) -> list[str]:
     """The source files of the pipeline modules a stage runs, so editing them reruns it (doit alone would not)."""
     # Relative to the project root (doit's working folder), so a copied tree keeps its up-to-date state.
-    return [f"pipeline/{module}.py" if (ROOT / "pipeline" / f"{module}.py").exists() else module
-            for module in modules]
+    return [f"pipeline/{module.replace('.', '/')}.py" for module in modules]
 
 
 def keys(subset: dict):
@@ -25,7 +24,7 @@ def keys(subset: dict):
 
 
 def _call(target, kwargs):
-    from pipeline.tools import Skipped
+    from pipeline.core.tools import Skipped
 
     module, _, name = target.partition(":")
     fn = getattr(importlib.import_module(f"pipeline.{module}"), name)
@@ -102,7 +101,7 @@ def skip_reason(check, *args) -> str | None:
     skipped, or None when it can run. Declaring it up front keeps a skipped step's task up to date (no
     missing targets) until the reason changes, e.g. when the user installs the tool. A ToolError (a tool the
     bootstrap installs is missing) is no skip: the step runs and fails with that message."""
-    from pipeline.tools import Skipped, ToolError
+    from pipeline.core.tools import Skipped, ToolError
 
     try:
         check(*args)
@@ -114,7 +113,7 @@ def skip_reason(check, *args) -> str | None:
 
 
 def _record_skip(record, reason: str) -> None:
-    from pipeline.atomic import write_text
+    from pipeline.core.atomic import write_text
 
     print(f"skipped: {reason}", file=sys.stderr)
     write_text(record, reason + "\n")

@@ -12,9 +12,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline import atomic, bundle, glow, image_inc, int8_graph, profile, tune
-from pipeline.dataset import load_classes, load_split
-from pipeline.shapes import to_input
+from pipeline.core import atomic
+from pipeline.int8 import bundle
+from pipeline.int8 import glow
+from pipeline.int8 import image_inc
+from pipeline.int8 import graph as int8_graph
+from pipeline.int8 import profile
+from pipeline.int8 import tune
+from pipeline.model.dataset import load_classes, load_split
+from pipeline.model.shapes import to_input
 
 
 def class_images(data_dir) -> dict[str, list[Path]]:
@@ -129,7 +135,7 @@ def int8_predictions_stage(onnx_path, profile_path, data_dir, split: str, max_im
                            network: str) -> None:
     """Top-1 classes of the host-compiled int8 bundle on a class-balanced subset of a split (.npy), for
     comparing the deployed model with other engines."""
-    from pipeline.evaluation import balanced_subset
+    from pipeline.model.evaluation import balanced_subset
 
     images, labels = load_split(data_dir, split)
     inputs = to_input(images[balanced_subset(labels, max_images)])
@@ -141,7 +147,7 @@ def int8_predictions_stage(onnx_path, profile_path, data_dir, split: str, max_im
 def accuracy_stage(onnx_path, profiles: dict, data_dir, out_path, network: str, eval_images: int) -> dict:
     """Float (ONNX Runtime) vs int8 (host-compiled bundle C) top-1 on the test split, for each profile given
     ({"untuned": profile.yml, "tuned": profile_tuned.yml}); written to accuracy.json."""
-    from pipeline.evaluation import balanced_subset, onnxruntime_logits
+    from pipeline.model.evaluation import balanced_subset, onnxruntime_logits
 
     images, labels = load_split(data_dir, "test")
     if eval_images:

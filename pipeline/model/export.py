@@ -12,11 +12,11 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
-from pipeline import atomic
-from pipeline.dataset import load_split
-from pipeline.model import CifarNet
-from pipeline.shapes import INPUT_SHAPE, to_input
-from pipeline.evaluation import load_model
+from pipeline.core import atomic
+from pipeline.model.dataset import load_split
+from pipeline.model.network import CifarNet
+from pipeline.model.shapes import INPUT_SHAPE, to_input
+from pipeline.model.evaluation import load_model
 
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 

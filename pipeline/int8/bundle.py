@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import int8_graph
-from pipeline.atomic import atomic_dir, write_bytes
-from pipeline.profile import read_profile
-from pipeline.tools import ARM_INSTALL_HINT, XTENSA_INSTALL_HINT, Skipped, arm_tool, run_tool, xtensa_tool
+from pipeline.int8 import graph as int8_graph
+from pipeline.core.atomic import atomic_dir, write_bytes
+from pipeline.int8.profile import read_profile
+from pipeline.core.tools import ARM_INSTALL_HINT, XTENSA_INSTALL_HINT, Skipped, arm_tool, run_tool, xtensa_tool
 
 MEM_ALIGN = 64
 KERNELS_DIR = Path(__file__).parent / "kernels"

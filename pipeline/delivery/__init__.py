@@ -1,0 +1,1 @@
+"""What the build hands over: the report and the release archive."""

@@ -1,0 +1,1 @@
+"""Evaluations of the trained model beyond accuracy: confidence hardening, robustness, engine parity."""
