@@ -1,7 +1,8 @@
 """The build graph: dataset -> model -> ONNX -> profiles -> bundles -> firmware -> report, per board.
 
-Run `doit` (or `doit config=configs/smoke.toml`). Every stage is a function in pipeline/; this file only
-declares what each task reads (file_dep, config keys, its own code) and what it writes (targets).
+Run `doit` (or `doit config=configs/smoke.toml`). Each task names its stage function in pipeline/, the files it
+reads and writes (all from the layout) and the parameters it passes; `step` derives the rest: the code it
+depends on, its config dependency (exactly those parameters), the step cache and skip records.
 """
 import sys
 from pathlib import Path
@@ -9,18 +10,16 @@ from pathlib import Path
 from doit import get_var
 
 from pipeline.core import config as configuration
-from pipeline.model import dataset
+from pipeline.core.layout import EVALUATION_FILES, Layout
+from pipeline.core.tasks import hold_build_lock, skip_reason, stage, step, stop_cleanly_on_interrupt
+from pipeline.core.tools import ToolError
+from pipeline.firmware.emulator import require_emulator
+from pipeline.firmware.link import require_toolchain
+from pipeline.firmware.vendor import require_mcux_sdk, require_zephyr
 from pipeline.int8 import glow
 from pipeline.int8.bundle import require_compiler
-from pipeline.core.cache import cached_action
-from pipeline.core.config import subset
-from pipeline.firmware.emulator import require_emulator
-from pipeline.firmware.link import firmware_targets, needs_emulator_link, require_toolchain
-from pipeline.firmware.vendor import require_mcux_sdk, require_zephyr
-from pipeline.core.tasks import (code, hold_build_lock, keys, runnable, skip_reason, skipped_task, stage,
-                            stop_cleanly_on_interrupt)
+from pipeline.model import dataset
 from pipeline.model.shapes import count_macs
-from pipeline.core.tools import ToolError
 
 try:
     CONFIG = configuration.load(get_var("config", "pipeline.toml"))
@@ -29,416 +28,225 @@ try:
 except (configuration.ConfigError, dataset.DatasetError, ToolError) as err:
     sys.exit(f"error: {err}")
 
-BUILD = Path(CONFIG["project"]["build_dir"])
-NAME = CONFIG["project"]["name"]
-QUANT, HARDENING = CONFIG["quantization"], CONFIG["firmware"]["hardening"]
-BOARDS = {name: configuration.load_board(name) for name in CONFIG["firmware"]["boards"]}
-DATA, MODEL, QUANT_DIR, REPORTS = BUILD / "data", BUILD / "model", BUILD / "quant", BUILD / "reports"
-DATA_FILES = [str(DATA / f) for f in (*dataset.ARRAY_FILES, "classes.json", "manifest.json")]
-TEST_SPLIT = [str(DATA / "test_images.npy"), str(DATA / "test_labels.npy"), str(DATA / "classes.json")]
-PTH, ONNX = MODEL / f"{NAME}.pth", MODEL / f"{NAME}.onnx"
-PROFILE, TUNED = QUANT_DIR / "profile.yml", QUANT_DIR / "profile_tuned.yml"
-ACCURACY, INT8_VAL = QUANT_DIR / "accuracy.json", QUANT_DIR / "int8_val_predictions.npy"
-BUNDLE_CODE = code("int8.bundle", "int8.graph", "int8.quantize", "int8.profile", "model.shapes") + [
-    str(p.relative_to(configuration.ROOT)) for p in sorted((configuration.ROOT / "pipeline" / "int8" / "kernels").iterdir())]
-APP_FILES, ZEPHYR_FILES = ([str(p.relative_to(configuration.ROOT)) for p in sorted((configuration.ROOT / app).rglob("*"))
-                            if p.is_file()] for app in ("mcux_app", "zephyr_app"))
-EVALUATIONS = {"hardening": ["hardening.json", "hardening.md", "hardening.png"],
-               "robustness": ["robustness.json", "robustness.md", "robustness.png"],
-               "parity": ["parity.json", "parity.md"]}
+LAYOUT = Layout(Path(CONFIG["project"]["build_dir"]), CONFIG["project"]["name"], BACKEND)
+NAME, CHANNELS = LAYOUT.name, CONFIG["model"]["channels"]
+QUANT, FIRMWARE, EVALUATION = CONFIG["quantization"], CONFIG["firmware"], CONFIG["evaluation"]
+BOARDS = [LAYOUT.board(configuration.load_board(board)) for board in FIRMWARE["boards"]]
+# Why a step cannot run on this machine, per board (absent: it runs), decided once when the graph is declared.
+CHECKS = {"bundle_object": require_compiler, "firmware": require_toolchain, "emulate": require_emulator,
+          "zephyr": require_zephyr, "mcux_sdk": require_mcux_sdk}
+SKIPS = {board.spec["name"]: {step_name: reason for step_name, check in CHECKS.items()
+                              if (reason := skip_reason(check, board.spec))} for board in BOARDS}
 
-hold_build_lock(BUILD)
+hold_build_lock(LAYOUT.build)
 stop_cleanly_on_interrupt()
 DOIT_CONFIG = {
-    "dep_file": str(BUILD / ".doit.db"),
+    "dep_file": str(LAYOUT.build / ".doit.db"),
     "backend": "sqlite3",
     "verbosity": 2,
     "default_tasks": ["dataset", "train", "export", "profile", "tune", "accuracy", "bundle", "image_inc", "main_c",
-                      "firmware", "emulate", "zephyr", "mcux_sdk", "int8_predictions", *EVALUATIONS, "report"],
+                      "firmware", "emulate", "zephyr", "mcux_sdk", "int8_predictions", *EVALUATION_FILES, "report"],
 }
-
-
-def board_paths(board: str) -> dict:
-    root = BUILD / board
-    return {"root": root, "bundle": root / "bundle", "source": root / "source", "skipped": root / "skipped",
-            "header": root / "bundle" / f"{NAME}.h", "object": root / "bundle" / f"{NAME}.o",
-            "inc": root / "source" / "input_image_test.inc", "main_c": root / "source" / "main.c"}
-
-
-def bundle_files(board: str) -> list[str]:
-    """The bundle's header and weights, plus the generated C source with the built-in backend (Glow keeps none)."""
-    folder = board_paths(board)["bundle"]
-    suffixes = (".h", ".weights.bin", ".weights.txt") + ((".c",) if BACKEND == "builtin" else ())
-    return [str(folder / f"{NAME}{suffix}") for suffix in suffixes]
-
-
-# Why a step cannot run on this machine (None: it runs), decided once when the graph is declared.
-SKIPS = {board: {"bundle_object": skip_reason(require_compiler, spec),
-                 "firmware": skip_reason(require_toolchain, spec),
-                 "emulate": skip_reason(require_emulator, spec),
-                 "zephyr": skip_reason(require_zephyr, spec),
-                 "mcux_sdk": skip_reason(require_mcux_sdk, spec)} for board, spec in BOARDS.items()}
-SKIPS = {board: {step: reason for step, reason in steps.items() if reason} for board, steps in SKIPS.items()}
 
 
 def task_dataset():
     """Canonical dataset (train / held-out validation / test) plus the Glow image folders."""
     source_is_file = Path(SOURCE).is_file()
-    return {
-        "actions": [stage("model.dataset:build_dataset", source=SOURCE, out_dir=DATA, root=configuration.ROOT,
-                          **{k: v for k, v in CONFIG["dataset"].items() if k != "source"})],
-        "file_dep": code("model.dataset", "core.atomic") + ([SOURCE] if source_is_file else []),
-        "targets": DATA_FILES,
-        "uptodate": [keys({"dataset": CONFIG["dataset"], "resolved": SOURCE,
-                           "fingerprint": "" if source_is_file else dataset.source_fingerprint(SOURCE)})],
-        "clean": True,
-    }
+    return step("model.dataset:build_dataset", inputs=[SOURCE] if source_is_file else [], outputs=LAYOUT.dataset,
+                state={"fingerprint": "" if source_is_file else dataset.source_fingerprint(SOURCE)},
+                source=SOURCE, out_dir=LAYOUT.data, root=Path("."),
+                **{key: value for key, value in CONFIG["dataset"].items() if key != "source"})
 
 
 def task_train():
     """Train CifarNet: the .pth state_dict, per-epoch metrics and the training curves (cached)."""
     training = CONFIG["training"]
-    recipe = {k: training[k] for k in (*configuration.RECIPE_KEYS, "seed", "threads", "init_from", "preset")}
-    inputs = DATA_FILES + ([training["init_from"]] if training["init_from"] else [])
-    outputs = [PTH, MODEL / "metrics.json", MODEL / "training.png"]
-    train_code, settings = code("model.train", "model.evaluation", "model.network", "model.shapes", "core.atomic"), subset(CONFIG, "training",
-                                                                                          "model.channels")
-    return {
-        "actions": [cached_action(
-            "train", stage("model.train:train", data_dir=DATA, out_dir=MODEL, channels=CONFIG["model"]["channels"], **recipe),
-            code_files=train_code, config_subset=settings, input_files=inputs, libraries=["torch", "numpy"], outputs=outputs)],
-        "file_dep": inputs + train_code,
-        "targets": [str(p) for p in outputs],
-        "uptodate": [keys(settings)],
-        "clean": True,
-    }
+    init_from = [training["init_from"]] if training["init_from"] else []
+    return step("model.train:train", cached=True, inputs=LAYOUT.dataset + init_from, outputs=LAYOUT.training,
+                data_dir=LAYOUT.data, pth=LAYOUT.pth, channels=CHANNELS,
+                **{key: training[key] for key in (*configuration.RECIPE_KEYS, "seed", "threads", "init_from",
+                                                  "preset")})
 
 
 def task_export():
     """Export to ONNX, verified by ONNX Runtime against PyTorch, with model-zoo test data."""
-    return {
-        "actions": [stage("model.export:export", pth=PTH, out_onnx=ONNX, data_dir=DATA, channels=CONFIG["model"]["channels"],
-                          opset=CONFIG["export"]["opset"], verify_count=CONFIG["export"]["verify_images"],
-                          tolerance=CONFIG["export"]["tolerance"], test_data_dir=MODEL / "test_data_set_0")],
-        "file_dep": [str(PTH), str(DATA / "val_images.npy"), str(DATA / "classes.json")]
-                    + code("model.export", "model.evaluation", "model.network", "model.shapes", "core.atomic"),
-        "targets": [str(ONNX), str(MODEL / "export_check.json"), str(MODEL / "test_data_set_0" / "input_0.pb"),
-                    str(MODEL / "test_data_set_0" / "output_0.pb")],
-        "uptodate": [keys(subset(CONFIG, "export", "model.channels"))],
-        "clean": True,
-    }
+    export = CONFIG["export"]
+    return step("model.export:export", inputs=[LAYOUT.pth, *LAYOUT.split("val")], outputs=LAYOUT.export,
+                pth=LAYOUT.pth, out_onnx=LAYOUT.onnx, data_dir=LAYOUT.data, channels=CHANNELS, opset=export["opset"],
+                verify_count=export["verify_images"], tolerance=export["tolerance"], test_data_dir=LAYOUT.test_data)
 
 
 def task_profile():
     """profile.yml: float ranges of every tensor over the calibration images (Glow's format)."""
-    return {
-        "actions": [stage("int8.quantize:profile_stage", backend=BACKEND, onnx_path=ONNX, data_dir=DATA, out_path=PROFILE,
-                          per_class=QUANT["calibration_per_class"])],
-        "file_dep": [str(ONNX), str(DATA / "manifest.json")] + code("int8.quantize", "int8.profile", "int8.graph", "int8.glow"),
-        "targets": [str(PROFILE)],
-        "uptodate": [keys({"backend": BACKEND, **subset(CONFIG, "quantization.calibration_per_class")})],
-        "clean": True,
-    }
+    return step("int8.quantize:profile_stage", inputs=[LAYOUT.onnx, LAYOUT.classes, LAYOUT.manifest],
+                outputs=[LAYOUT.profile], backend=BACKEND, onnx_path=LAYOUT.onnx, data_dir=LAYOUT.data,
+                out_path=LAYOUT.profile, per_class=QUANT["calibration_per_class"])
 
 
 def task_tune():
     """profile_tuned.yml: Glow's model-tuner algorithm on the 300 tuning images, checked on held-out images
     (cached)."""
-    settings = subset(CONFIG, "quantization.target_accuracy", "quantization.max_iterations",
-                      "quantization.accuracy_drop", "quantization.check_tuning")
-    outputs = [TUNED, QUANT_DIR / "tuning.json"]
-    inputs = [str(ONNX), str(PROFILE), str(DATA / "manifest.json")]
-    tune_code = code("int8.quantize", "int8.tune", "int8.profile", "int8.graph", "int8.glow")
-    return {
-        "actions": [cached_action(
-            "tune", stage("int8.quantize:tune_stage", backend=BACKEND, onnx_path=ONNX, profile_path=PROFILE, data_dir=DATA,
-                          out_path=TUNED, target_accuracy=QUANT["target_accuracy"],
-                          max_iterations=QUANT["max_iterations"], accuracy_drop=QUANT["accuracy_drop"],
-                          check_held_out=QUANT["check_tuning"]),
-            code_files=tune_code, config_subset={"backend": BACKEND, **settings}, input_files=inputs,
-            libraries=["numpy", "onnx", "pillow"], outputs=outputs)],
-        "file_dep": inputs + tune_code,
-        "targets": [str(p) for p in outputs],
-        "uptodate": [keys({"backend": BACKEND, **settings})],
-        "clean": True,
-    }
+    return step("int8.quantize:tune_stage", cached=True,
+                inputs=[LAYOUT.onnx, LAYOUT.profile, LAYOUT.classes, LAYOUT.manifest], outputs=LAYOUT.tuning,
+                backend=BACKEND, onnx_path=LAYOUT.onnx, profile_path=LAYOUT.profile, data_dir=LAYOUT.data,
+                out_path=LAYOUT.tuned, target_accuracy=QUANT["target_accuracy"],
+                max_iterations=QUANT["max_iterations"], accuracy_drop=QUANT["accuracy_drop"],
+                check_held_out=QUANT["check_tuning"])
 
 
 def task_accuracy():
     """accuracy.json: float vs deployed int8 (host-compiled bundle C) on the test split, untuned and tuned."""
-    return {
-        "actions": [stage("int8.quantize:accuracy_stage", onnx_path=ONNX, profiles={"untuned": PROFILE, "tuned": TUNED},
-                          data_dir=DATA, out_path=ACCURACY, network=NAME, eval_images=QUANT["eval_images"])],
-        "file_dep": [str(ONNX), str(PROFILE), str(TUNED)] + TEST_SPLIT + BUNDLE_CODE,
-        "targets": [str(ACCURACY)],
-        "uptodate": [keys(subset(CONFIG, "quantization.eval_images", "project.name"))],
-        "clean": True,
-    }
+    return step("int8.quantize:accuracy_stage", inputs=[LAYOUT.onnx, LAYOUT.profile, LAYOUT.tuned,
+                                                        *LAYOUT.split("test")],
+                outputs=[LAYOUT.accuracy], onnx_path=LAYOUT.onnx,
+                profiles={"untuned": LAYOUT.profile, "tuned": LAYOUT.tuned}, data_dir=LAYOUT.data,
+                out_path=LAYOUT.accuracy, network=NAME, eval_images=QUANT["eval_images"])
 
 
 def task_bundle():
     """The int8 bundle per board: <name>.h/.c/.weights.bin/.weights.txt and <name>.o for the board's core."""
-    for board, spec in BOARDS.items():
-        paths, reason = board_paths(board), SKIPS[board].get("bundle_object")
-        task = {
-            "name": board,
-            "actions": [stage("int8.quantize:bundle_stage", backend=BACKEND, onnx_path=ONNX, profile_path=TUNED,
-                              board=spec, out_dir=paths["bundle"], network=NAME)],
-            "file_dep": [str(ONNX), str(TUNED), f"boards/{board}.toml"] + BUNDLE_CODE,
-            "targets": bundle_files(board) + ([] if reason else [str(paths["object"])]),
-            "uptodate": [keys({"board": spec, "name": NAME, "backend": BACKEND, "skipped": reason})],
-            "clean": True,
-        }
-        record = paths["skipped"] / "bundle_object.txt"
-        if reason:  # sources, header and weights are built; only the object waits for the toolchain
-            yield {**task, "actions": task["actions"] + skipped_task(record, reason)["actions"],
-                   "targets": task["targets"] + [str(record)]}
-        else:
-            yield runnable(record, task)
+    for board in BOARDS:
+        # Without the board's compiler the sources, header and weights are still built; only the object waits.
+        reason = SKIPS[board.spec["name"]].get("bundle_object")
+        yield step("int8.quantize:bundle_stage", subtask=board.spec["name"], skip=reason, skip_part=True,
+                   record=board.skip_record("bundle_object"), inputs=[LAYOUT.onnx, LAYOUT.tuned, board.board_file],
+                   outputs=board.bundle_files + ([] if reason else [board.object]), backend=BACKEND,
+                   onnx_path=LAYOUT.onnx, profile_path=LAYOUT.tuned, board=board.spec, out_dir=board.bundle,
+                   network=NAME)
 
 
 def task_image_inc():
     """input_image_test.inc: the chosen test image as the firmware's float input bytes."""
     for board in BOARDS:
-        yield {
-            "name": board,
-            "actions": [stage("int8.quantize:image_inc_stage", data_dir=DATA, out_path=board_paths(board)["inc"],
-                              class_name=QUANT["test_image_class"], index=QUANT["test_image_index"])],
-            "file_dep": TEST_SPLIT + code("int8.quantize", "int8.image_inc", "model.shapes"),
-            "targets": [str(board_paths(board)["inc"])],
-            "uptodate": [keys(subset(CONFIG, "quantization.test_image_class", "quantization.test_image_index"))],
-            "clean": True,
-        }
+        yield step("int8.quantize:image_inc_stage", subtask=board.spec["name"], inputs=LAYOUT.split("test"),
+                   outputs=[board.image_inc], data_dir=LAYOUT.data, out_path=board.image_inc,
+                   class_name=QUANT["test_image_class"], index=QUANT["test_image_index"])
 
 
 def task_main_c():
     """main.c rendered from mcux_app/main.c.j2: the app note's patched SDK example, done by the graph."""
-    for board, spec in BOARDS.items():
-        paths, hardening = board_paths(board), HARDENING.get(board)
-        yield {
-            "name": board,
-            "actions": [stage("firmware.app:main_c_stage", board=spec, data_dir=DATA, bundle_dir=paths["bundle"],
-                              source_dir=paths["source"], network=NAME, hardening=hardening)],
-            "file_dep": [str(paths["header"]), str(paths["inc"]), str(DATA / "classes.json")] + APP_FILES
-                        + code("firmware.app", "firmware.link", "firmware.emulator", "firmware.vendor", "evaluations.hardening"),
-            "targets": [str(paths["main_c"])],
-            "uptodate": [keys({"name": NAME, "hardening": hardening, "description": spec["description"]})],
-            "clean": True,
-        }
+    for board in BOARDS:
+        yield step("firmware.app:main_c_stage", subtask=board.spec["name"],
+                   inputs=[board.header, board.image_inc, LAYOUT.classes, board.board_file], outputs=[board.main_c],
+                   board=board.spec, data_dir=LAYOUT.data, bundle_dir=board.bundle, source_dir=board.source,
+                   network=NAME, hardening=FIRMWARE["hardening"].get(board.spec["name"]))
 
 
 def task_firmware():
     """The firmware ELF: bare-metal RAM build with a semihosting console (Arm), or xt-clang (HiFi4)."""
-    for board, spec in BOARDS.items():
-        paths, reason = board_paths(board), SKIPS[board].get("firmware")
-        record = paths["skipped"] / "firmware.txt"
-        deps = [str(paths["main_c"]), str(paths["inc"]), f"boards/{board}.toml"] + bundle_files(board) \
-            + APP_FILES + code("firmware.app", "firmware.link", "firmware.emulator", "firmware.vendor")
-        if reason:
-            yield skipped_task(record, reason, name=board, file_dep=deps)
-            continue
-        hardening = HARDENING.get(board)
-        yield runnable(record, {
-            "name": board,
-            "actions": [stage("firmware.link:build_firmware", board=spec, main_c=paths["main_c"],
-                              bundle_dir=paths["bundle"], network=NAME, out_dir=paths["root"],
-                              hardening=bool(hardening))],
-            "file_dep": deps + [str(paths["object"])],
-            "targets": [str(p) for p in firmware_targets(spec, paths["root"])],
-            "uptodate": [keys({"board": spec, "hardening": bool(hardening)})],
-            "clean": True,
-        })
+    for board in BOARDS:
+        yield step("firmware.link:build_firmware", subtask=board.spec["name"],
+                   skip=SKIPS[board.spec["name"]].get("firmware"), record=board.skip_record("firmware"),
+                   inputs=[board.main_c, board.image_inc, board.object, board.board_file, *board.bundle_files],
+                   outputs=board.firmware, board=board.spec, main_c=board.main_c, bundle_dir=board.bundle,
+                   network=NAME, out_dir=board.root, hardening=bool(FIRMWARE["hardening"].get(board.spec["name"])))
 
 
 def task_emulate():
     """Run the firmware under QEMU (-icount): instructions per inference, checked against the host bundle."""
-    for board, spec in BOARDS.items():
-        paths = board_paths(board)
-        record = paths["skipped"] / "emulate.txt"
-        reason = SKIPS[board].get("emulate") or SKIPS[board].get("firmware")
-        if reason:
-            yield skipped_task(record, reason, name=board)
-            continue
-        elf = paths["root"] / ("emulator" if needs_emulator_link(spec) else "") / "firmware.elf"
-        settings = subset(CONFIG, "firmware.emulator_images", "firmware.emulator_timeout", "project.name")
-        hardening = HARDENING.get(board)
-        yield runnable(record, {
-            "name": board,
-            "actions": [stage("firmware.emulator:emulate_stage", board=spec, data_dir=DATA,
-                              count=CONFIG["firmware"]["emulator_images"], elf=elf, bundle_dir=paths["bundle"],
-                              image_inc=paths["inc"], out_dir=paths["root"], network=NAME,
-                              timeout=CONFIG["firmware"]["emulator_timeout"], hardening=hardening)],
-            "file_dep": [str(elf), str(paths["inc"])] + bundle_files(board) + TEST_SPLIT + code("firmware.app", "firmware.link", "firmware.emulator", "firmware.vendor"),
-            "targets": [str(paths["root"] / "emulator.log"), str(paths["root"] / "emulator.json")],
-            "uptodate": [keys({**settings, "hardening": hardening})],
-            "clean": True,
-        })
+    for board in BOARDS:
+        skips = SKIPS[board.spec["name"]]
+        yield step("firmware.emulator:emulate_stage", subtask=board.spec["name"],
+                   skip=skips.get("emulate") or skips.get("firmware"), record=board.skip_record("emulate"),
+                   inputs=[board.emulator_elf, board.image_inc, board.object, *board.bundle_files,
+                           *LAYOUT.split("test")],
+                   outputs=board.emulator_outputs, board=board.spec, data_dir=LAYOUT.data,
+                   count=FIRMWARE["emulator_images"], elf=board.emulator_elf, bundle_dir=board.bundle,
+                   image_inc=board.image_inc, out_dir=board.root, network=NAME, timeout=FIRMWARE["emulator_timeout"],
+                   hardening=FIRMWARE["hardening"].get(board.spec["name"]))
 
 
-def sdk_builds(step: str, function: str, out: str, elf: str):
+def vendor_builds(step_name: str, function: str, folder: str, elf: str):
     """zephyr:<board> and mcux_sdk:<board>: the same app built by the vendor flows when the user has them."""
-    for board, spec in BOARDS.items():
-        paths = board_paths(board)
-        record = paths["skipped"] / f"{step}.txt"
-        deps = [str(paths["main_c"]), str(paths["inc"])] + bundle_files(board) + APP_FILES + ZEPHYR_FILES \
-            + code("firmware.app", "firmware.link", "firmware.emulator", "firmware.vendor")
-        if SKIPS[board].get(step):
-            yield skipped_task(record, SKIPS[board][step], name=board, file_dep=deps)
-            continue
-        out_dir = paths["root"] / out
-        kwargs = {"build_dir" if step == "zephyr" else "out_dir": out_dir}
-        yield runnable(record, {
-            "name": board,
-            "actions": [stage(f"firmware.vendor:{function}", board=spec, source_dir=paths["source"],
-                              bundle_dir=paths["bundle"], network=NAME,
-                              hardening=bool(HARDENING.get(board)), **kwargs)],
-            "file_dep": deps + [str(paths["object"])],
-            "targets": [str(out_dir / elf)],
-            "uptodate": [keys({"board": spec})],
-            "clean": True,
-        })
+    for board in BOARDS:
+        out_dir = getattr(board, folder)
+        yield step(f"firmware.vendor:{function}", subtask=board.spec["name"],
+                   skip=SKIPS[board.spec["name"]].get(step_name), record=board.skip_record(step_name),
+                   inputs=[board.main_c, board.image_inc, board.object, board.board_file, *board.bundle_files],
+                   outputs=[out_dir / elf], board=board.spec, source_dir=board.source, bundle_dir=board.bundle,
+                   network=NAME, hardening=bool(FIRMWARE["hardening"].get(board.spec["name"])),
+                   **{"build_dir" if step_name == "zephyr" else "out_dir": out_dir})
 
 
 def task_zephyr():
     """West build of zephyr_app/ for the board's Zephyr target (needs ZEPHYR_BASE)."""
-    yield from sdk_builds("zephyr", "zephyr_build", "zephyr", "zephyr/zephyr.elf")
+    yield from vendor_builds("zephyr", "zephyr_build", "zephyr", "zephyr/zephyr.elf")
 
 
 def task_mcux_sdk():
     """MCUXpresso SDK armgcc build of the same app (needs MCUX_SDK_ROOT)."""
-    yield from sdk_builds("mcux_sdk", "mcux_sdk_build", "mcux", "build/firmware.elf")
+    yield from vendor_builds("mcux_sdk", "mcux_sdk_build", "mcux", "build/firmware.elf")
 
 
 def task_int8_predictions():
     """The int8 bundle's top-1 on the validation images used for engine parity."""
-    return {
-        "actions": [stage("int8.quantize:int8_predictions_stage", onnx_path=ONNX, profile_path=TUNED, data_dir=DATA,
-                          split="val", max_images=CONFIG["evaluation"]["parity_images"], out_path=INT8_VAL,
-                          network=NAME)],
-        "file_dep": [str(ONNX), str(TUNED), str(DATA / "val_images.npy"), str(DATA / "val_labels.npy")] + BUNDLE_CODE,
-        "targets": [str(INT8_VAL)],
-        "uptodate": [keys(subset(CONFIG, "evaluation.parity_images", "project.name"))],
-        "clean": True,
-    }
+    return step("int8.quantize:int8_predictions_stage", inputs=[LAYOUT.onnx, LAYOUT.tuned, *LAYOUT.split("val")],
+                outputs=[LAYOUT.int8_val], onnx_path=LAYOUT.onnx, profile_path=LAYOUT.tuned, data_dir=LAYOUT.data,
+                split="val", max_images=EVALUATION["parity_images"], out_path=LAYOUT.int8_val, network=NAME)
 
 
 def task_hardening():
     """Confidence hardening (round / noise / pseudo_noise_sin) evaluated on the test split, with a plot."""
-    options = CONFIG["evaluation"]["hardening_options"]
-    return {
-        "actions": [stage("evaluations.hardening:run_stage", pth_path=PTH, channels=CONFIG["model"]["channels"], data_dir=DATA,
-                          out_dir=REPORTS / "hardening", options=options)],
-        "file_dep": [str(PTH)] + TEST_SPLIT + code("evaluations.hardening", "model.evaluation", "model.network", "model.shapes"),
-        "targets": [str(REPORTS / "hardening" / f) for f in EVALUATIONS["hardening"]],
-        "uptodate": [keys({"options": options, **subset(CONFIG, "model.channels")})],
-        "clean": True,
-    }
+    return step("evaluations.hardening:run_stage", inputs=[LAYOUT.pth, *LAYOUT.split("test")],
+                outputs=LAYOUT.evaluation_files("hardening"), pth_path=LAYOUT.pth, channels=CHANNELS,
+                data_dir=LAYOUT.data, out_dir=LAYOUT.evaluation("hardening"), options=EVALUATION["hardening_options"])
 
 
 def task_robustness():
     """Input-transformation voting, clean and under FGSM, with a plot."""
-    evaluation = CONFIG["evaluation"]
-    return {
-        "actions": [stage("evaluations.robustness:run_stage", pth_path=PTH, channels=CONFIG["model"]["channels"], data_dir=DATA,
-                          out_dir=REPORTS / "robustness", transforms=evaluation["robustness_transforms"],
-                          epsilons=evaluation["fgsm_epsilons"], max_images=evaluation["robustness_images"])],
-        "file_dep": [str(PTH)] + TEST_SPLIT + code("evaluations.robustness", "model.evaluation", "model.network", "model.shapes"),
-        "targets": [str(REPORTS / "robustness" / f) for f in EVALUATIONS["robustness"]],
-        "uptodate": [keys(subset(CONFIG, "evaluation.robustness_transforms", "evaluation.fgsm_epsilons",
-                                 "evaluation.robustness_images", "model.channels"))],
-        "clean": True,
-    }
+    return step("evaluations.robustness:run_stage", inputs=[LAYOUT.pth, *LAYOUT.split("test")],
+                outputs=LAYOUT.evaluation_files("robustness"), pth_path=LAYOUT.pth, channels=CHANNELS,
+                data_dir=LAYOUT.data, out_dir=LAYOUT.evaluation("robustness"),
+                transforms=EVALUATION["robustness_transforms"], epsilons=EVALUATION["fgsm_epsilons"],
+                max_images=EVALUATION["robustness_images"])
 
 
 def task_parity():
     """PyTorch vs ONNX Runtime vs OpenCV DNN on the validation images, and the int8 bundle against each."""
-    return {
-        "actions": [stage("evaluations.parity:run_stage", pth_path=PTH, channels=CONFIG["model"]["channels"], onnx_path=ONNX,
-                          data_dir=DATA, out_dir=REPORTS / "parity", max_images=CONFIG["evaluation"]["parity_images"],
-                          int8_predictions_path=INT8_VAL)],
-        "file_dep": [str(PTH), str(ONNX), str(INT8_VAL), str(DATA / "val_images.npy"), str(DATA / "val_labels.npy")]
-                    + code("evaluations.parity", "model.evaluation", "model.network", "model.shapes"),
-        "targets": [str(REPORTS / "parity" / f) for f in EVALUATIONS["parity"]],
-        "uptodate": [keys(subset(CONFIG, "evaluation.parity_images", "model.channels"))],
-        "clean": True,
-    }
-
-
-def board_outputs(board: str) -> list[str]:
-    """What the report and the release read of a board: what its steps made, or their skip records."""
-    paths, skips = board_paths(board), SKIPS[board]
-    files = bundle_files(board) + [str(paths["inc"]), str(paths["main_c"])]
-    files += [str(paths["skipped"] / f"{step}.txt") for step in skips]
-    if "bundle_object" not in skips:
-        files.append(str(paths["object"]))
-    if "firmware" not in skips:
-        files.append(str(paths["root"] / "firmware.elf"))
-        if "emulate" not in skips:
-            files += [str(paths["root"] / "emulator.log"), str(paths["root"] / "emulator.json")]
-    return files
+    return step("evaluations.parity:run_stage", inputs=[LAYOUT.pth, LAYOUT.onnx, LAYOUT.int8_val,
+                                                        *LAYOUT.split("val")],
+                outputs=LAYOUT.evaluation_files("parity"), pth_path=LAYOUT.pth, channels=CHANNELS,
+                onnx_path=LAYOUT.onnx, data_dir=LAYOUT.data, out_dir=LAYOUT.evaluation("parity"),
+                max_images=EVALUATION["parity_images"], int8_predictions_path=LAYOUT.int8_val)
 
 
 def task_report():
     """build/report.md: per board the app note's table beside ours, accuracy, evaluations and plots."""
-    sections = {"Confidence hardening": REPORTS / "hardening" / "hardening.md",
-                "Input-transformation voting and FGSM": REPORTS / "robustness" / "robustness.md",
-                "Engine parity": REPORTS / "parity" / "parity.md"}
-    figures = {"Training curves": MODEL / "training.png",
-               "Confidence hardening": REPORTS / "hardening" / "hardening.png",
-               "Robustness": REPORTS / "robustness" / "robustness.png"}
-    out = BUILD / "report.md"
-    return {
-        "actions": [stage("delivery.report:report_stage", out_path=out, build_dir=BUILD, boards=list(BOARDS.values()),
-                          network=NAME, backend=BACKEND, macs=count_macs(tuple(CONFIG["model"]["channels"])),
-                          accuracy_files={"deployed": ACCURACY, "training": MODEL / "metrics.json"},
-                          sections=sections, figures=figures)],
-        "file_dep": [f for board in BOARDS for f in board_outputs(board)] + [str(ACCURACY), str(MODEL / "metrics.json")]
-                    + [str(p) for p in (*sections.values(), *figures.values())] + code("delivery.report"),
-        "targets": [str(out)],
-        "uptodate": [keys({"backend": BACKEND, "boards": list(BOARDS)})],
-        "clean": True,
-    }
-
-
-def release_files() -> dict:
-    """{name inside the archive: file} of every deliverable that was built."""
-    model_files = (PTH.name, ONNX.name, "metrics.json", "training.png", "test_data_set_0/input_0.pb",
-                   "test_data_set_0/output_0.pb")
-    files = {f"model/{name}": MODEL / name for name in model_files}
-    files.update({f"quant/{p.name}": p for p in (PROFILE, TUNED, ACCURACY)})
-    files["report.md"] = BUILD / "report.md"
-    for board in BOARDS:
-        for path in board_outputs(board):
-            if "/skipped/" not in path and not path.endswith(".log"):
-                files[str(Path(path).relative_to(BUILD))] = path
-    return {name: str(path) for name, path in files.items()}
+    sections = {"Confidence hardening": LAYOUT.evaluation("hardening") / "hardening.md",
+                "Input-transformation voting and FGSM": LAYOUT.evaluation("robustness") / "robustness.md",
+                "Engine parity": LAYOUT.evaluation("parity") / "parity.md"}
+    figures = {"Training curves": LAYOUT.model / "training.png",
+               "Confidence hardening": LAYOUT.evaluation("hardening") / "hardening.png",
+               "Robustness": LAYOUT.evaluation("robustness") / "robustness.png"}
+    metrics = LAYOUT.model / "metrics.json"
+    board_files = [f for board in BOARDS for f in board.deliverables(SKIPS[board.spec["name"]])]
+    return step("delivery.report:report_stage",
+                inputs=[*board_files, LAYOUT.accuracy, metrics, *sections.values(), *figures.values()],
+                outputs=[LAYOUT.report], out_path=LAYOUT.report, build_dir=LAYOUT.build,
+                boards=[board.spec for board in BOARDS], network=NAME, backend=BACKEND,
+                macs=count_macs(tuple(CHANNELS)),
+                accuracy_files={"deployed": LAYOUT.accuracy, "training": metrics}, sections=sections, figures=figures)
 
 
 def task_release():
     """build/release/<name>-<version>.tar.gz: every deliverable plus MANIFEST.json (digests, config, tools)."""
-    files = release_files()
-    version = CONFIG["project"]["version"]
-    archive = BUILD / "release" / f"{NAME}-{version}.tar.gz"
-    skipped = {f"{step}:{board}": reason for board, steps in SKIPS.items() for step, reason in steps.items()}
-    return {
-        "actions": [stage("delivery.release:make_release", files=files, out_path=archive, name=NAME, version=version,
-                          config=CONFIG, repo_dir=configuration.ROOT, skipped=skipped)],
-        "file_dep": sorted(files.values()) + code("delivery.release", "core.provenance"),
-        "targets": [str(archive)],
-        "uptodate": [keys({"config": CONFIG, "skipped": skipped})],
-        "clean": True,
-    }
+    files = LAYOUT.release_files(BOARDS, SKIPS)
+    archive = LAYOUT.release(CONFIG["project"]["version"])
+    return step("delivery.release:make_release", inputs=sorted(files.values()), outputs=[archive], files=files,
+                out_path=archive, name=NAME, version=CONFIG["project"]["version"], config=CONFIG, repo_dir=Path("."),
+                skipped={f"{step_name}:{board}": reason for board, steps in SKIPS.items()
+                         for step_name, reason in steps.items()})
 
 
 def task_verify_release():
     """Re-hash the release archive against its MANIFEST.json; fails naming any file that differs."""
-    archive = BUILD / "release" / f"{NAME}-{CONFIG['project']['version']}.tar.gz"
+    archive = LAYOUT.release(CONFIG["project"]["version"])
     return {"actions": [stage("delivery.release:verify_release_stage", path=archive)], "file_dep": [str(archive)],
             "uptodate": [False]}
 
 
 def task_cache_key():
-    """Print the keys this tree and config give train and tune (once their inputs are built) and the entries in
-    the step cache (PIPELINE_CACHE_DIR), for keying a CI cache."""
+    """Print the keys this tree and config give the cached steps (once their inputs are built) and the entries
+    in the step cache (PIPELINE_CACHE_DIR), for keying a CI cache."""
     return {"actions": [stage("core.cache:print_keys", actions=task_train()["actions"] + task_tune()["actions"])],
             "uptodate": [False], "verbosity": 2}

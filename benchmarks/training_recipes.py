@@ -42,7 +42,7 @@ def run(name: str, seed: int, data: Path, out: Path, threads: int, channels) -> 
         return json.loads(metrics_path.read_text())
     print(f"[{name}, seed {seed}] training ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    metrics = train.train(data, folder, channels=channels, **RECIPES[name][1], seed=seed, threads=threads,
+    metrics = train.train(data, folder / "cifar.pth", channels=channels, **RECIPES[name][1], seed=seed, threads=threads,
                           preset=name)
     metrics["seconds"] = time.perf_counter() - start
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")

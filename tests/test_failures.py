@@ -71,7 +71,7 @@ def interrupted_cleanly(log: Path) -> None:
 
 
 def cache_is_sound(env: dict) -> None:
-    done = subprocess.run([sys.executable, "-m", "pipeline.cache", "check"], env={**os.environ, **env},
+    done = subprocess.run([sys.executable, "-m", "pipeline.core.cache", "check"], env={**os.environ, **env},
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 

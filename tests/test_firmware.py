@@ -265,7 +265,7 @@ def test_zephyr_command_and_skip(board_name, target, variant, tmp_path):
     cmd, env = vendor.zephyr_build_command(board, build_dir="build/z", source_dir="build/src",
                                              bundle_dir="build/bundle", network="cifar", hardening=True)
     assert cmd[:7] == ["west", "build", "-p", "auto", "-b", target, "-d"]
-    assert cmd[8] == str(app.ZEPHYR_APP)
+    assert cmd[8] == str(vendor.ZEPHYR_APP)
     assert cmd[9:] == ["--", "-DAPP_SOURCE_DIR=build/src", "-DBUNDLE_DIR=build/bundle", "-DNETWORK=cifar",
                        "-DHARDENING=ON"]
     assert env["ZEPHYR_TOOLCHAIN_VARIANT"] == variant

@@ -19,7 +19,9 @@ def test_foundation_artifacts(smoke_build):
     assert len(list((build / "data" / "images").rglob("*.png"))) == 100 * 10
     assert len((build / "data" / "dataset-tuning" / "Labels.csv").read_text().splitlines()) == 30 * 10
     metrics = json.loads((build / "model" / "metrics.json").read_text())
-    assert len(metrics["epochs"]) == 1 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert len(metrics["epochs"]) == 1
+    # the smoke model learns (chance is 10 %), so the agreement tests below compare models that tell classes apart
+    assert metrics["test_accuracy"] >= 0.25
     assert (build / "model" / "training.png").read_bytes().startswith(b"\x89PNG")
     model = onnx.load(build / "model" / "cifar.onnx")
     assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["output"]
@@ -42,6 +44,9 @@ def test_quantization_artifacts(smoke_build):
         assert all(e["Min"] <= e["Max"] for e in docs[2])
     accuracy = json.loads((quant / "accuracy.json").read_text())
     assert {"float_accuracy", "int8_untuned_accuracy", "int8_tuned_accuracy"} <= set(accuracy)
+    assert abs(accuracy["int8_tuned_accuracy"] - accuracy["float_accuracy"]) <= 0.05
+    int8_top1 = np.load(quant / "int8_val_predictions.npy")
+    assert len(np.unique(int8_top1)) >= 6, "the deployed int8 model must predict many classes, not one"
 
 
 def test_every_board_has_its_bundle_sources_and_main_c(smoke_build):
@@ -63,6 +68,7 @@ def test_arm_boards_end_with_firmware_run_under_emulation(smoke_build):
         assert (root / "firmware.elf").read_bytes().startswith(b"\x7fELF")
         run = json.loads((root / "emulator.json").read_text())
         assert run["check"]["top1_equal"] == run["check"]["images"] == 5
+        assert len({image["top1"] for image in run["images"]}) >= 3, "firmware and host agree on several classes"
         assert "Top1 class = " in (root / "emulator.log").read_text()
 
 

@@ -21,7 +21,7 @@ def data_dir(small_dataset_dir, tmp_path_factory):
 
 
 def run(data_dir, out, **overrides):
-    return train.train(data_dir, out, channels=[8, 8, 16, 16], **{**RECIPE, **overrides}, progress=False)
+    return train.train(data_dir, out / "cifar.pth", channels=[8, 8, 16, 16], **{**RECIPE, **overrides}, progress=False)
 
 
 @pytest.fixture(scope="module")

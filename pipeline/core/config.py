@@ -5,6 +5,7 @@ choices. Training presets fill in the recipe; keys written in [training] overrid
 """
 import copy
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,12 @@ TRAINING_PRESETS = {
                     weight_decay=1e-3, augment=True, crop_padding=2, label_smoothing=0.0, ema_decay=0.999),
 }
 RECIPE_KEYS = tuple(TRAINING_PRESETS["default"])
+# project.name becomes C symbols (<name>(), <NAME>_input) and file names (<name>.o, <name>.onnx).
+NAME_RULE = re.compile(r"[a-z_][a-z0-9_]{0,31}")
+C_KEYWORDS = frozenset(
+    "auto break case char const continue default do double else enum extern float for goto if inline int long "
+    "register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while "
+    "main".split())
 
 SCHEMA = {
     "project": {
@@ -156,8 +163,16 @@ def resolve(raw: dict, origin: str = "<config>") -> dict:
             value = given[name] if name in given else copy.deepcopy(key.default)
             cfg[section][name] = value if value is None else _check_value(where, key, value)
     _apply_preset(cfg["training"], origin)
+    _check_name(cfg["project"]["name"], origin)
     _check_lists(cfg, origin)
     return cfg
+
+
+def _check_name(name: str, origin: str) -> None:
+    if not NAME_RULE.fullmatch(name) or name in C_KEYWORDS:
+        raise ConfigError(f"{origin}: project.name = {name!r}: the network name becomes C symbols and file names, so "
+                          f"it must be 1-32 lower-case letters, digits or underscores, not starting with a digit, "
+                          f"and not a C keyword or 'main' (e.g. 'cifar' or 'my_net')")
 
 
 def _apply_preset(training: dict, origin: str) -> None:

@@ -81,13 +81,15 @@ def compare_trees(first_root, second_root) -> list[str]:
 
 
 def package_versions(names) -> dict[str, str]:
-    """{distribution name: installed version}, with ABSENT for packages that are not installed."""
-    versions = {}
+    """{name: installed version} for distribution or import names (PIL is pillow's), ABSENT when not installed."""
+    versions, providers = {}, None
     for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            versions[name] = ABSENT
+            providers = importlib.metadata.packages_distributions() if providers is None else providers
+            found = sorted(importlib.metadata.version(dist) for dist in providers.get(name, ()))
+            versions[name] = ",".join(found) if found else ABSENT
     return versions
 
 

@@ -1,4 +1,8 @@
-"""The small vocabulary dodo.py declares tasks with: stage actions, stage code dependencies, config deps."""
+"""How dodo.py declares a task: `step` builds a doit task from a stage function's name, its inputs, its outputs
+and the parameters it passes, and derives the rest: the code files it depends on (pipeline/core/deps.py), the
+config dependency (exactly the parameters passed), the step-cache wrapper and the skip record.
+"""
+import dataclasses
 import importlib
 import os
 import signal
@@ -9,18 +13,10 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from pipeline.core.config import ROOT
+from pipeline.core.deps import code_files, imported_libraries
 
-
-def code(*modules: str) -> list[str]:
-    """The source files of the pipeline modules a stage runs, so editing them reruns it (doit alone would not)."""
-    # Relative to the project root (doit's working folder), so a copied tree keeps its up-to-date state.
-    return [f"pipeline/{module.replace('.', '/')}.py" for module in modules]
-
-
-def keys(subset: dict):
-    """doit up-to-date check on exactly the config keys a task uses."""
-    return config_changed(subset)
+RUNNER = "pipeline.core.tasks"   # the module whose _call runs every stage
+CACHE = "pipeline.core.cache"    # the module that restores and stores cached steps
 
 
 def _call(target, kwargs):
@@ -29,7 +25,7 @@ def _call(target, kwargs):
     module, _, name = target.partition(":")
     fn = getattr(importlib.import_module(f"pipeline.{module}"), name)
     try:
-        result = fn(**kwargs)
+        fn(**kwargs)
     except Skipped as skip:
         print(skip, file=sys.stderr)
         return {"skipped": skip.reason}
@@ -46,6 +42,62 @@ def stage(target: str, **kwargs):
     Modules are imported only when the task runs, so a no-op `doit` never pays for importing torch.
     Our errors become a one-paragraph failure, not a traceback."""
     return (_call, (target, kwargs))
+
+
+def plain(value):
+    """A parameter as JSON data, for doit's config_changed and the cache key: paths as strings (relative to the
+    project root, so another checkout gets the same key), dataclasses and tuples as dicts and lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value):
+        return plain({field.name: getattr(value, field.name) for field in dataclasses.fields(value)})
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def step_code(target: str, cached: bool = False) -> list[str]:
+    """The code files a step depends on: its stage module's import closure and resources, the runner's, and the
+    cache's when it is cached."""
+    return list(code_files(f"pipeline.{target.partition(':')[0]}", RUNNER, *((CACHE,) if cached else ())))
+
+
+def step(target: str, *, inputs=(), outputs=(), cached: bool = False, skip: str | None = None, record=None,
+         skip_part: bool = False, subtask: str | None = None, state: dict | None = None,
+         **params) -> dict:
+    """The doit task running stage `target` ("module:function" under pipeline/) with `params` as its keyword
+    arguments (`subtask`: the board, for tasks declared once per board). It depends on `inputs` (files other
+    tasks or the user make), on the derived code files and on the value of every parameter; it writes `outputs`.
+
+    cached: restore the outputs from the step cache (pipeline/core/cache.py) when the same code, parameters,
+    input contents and library versions made them before; its entries are filed under the function's name
+    (train, tune for tune_stage).
+    state: values that decide staleness without being passed (e.g. a source folder's fingerprint).
+    skip/record: `skip` is the reason the step cannot run on this machine (None: it runs); a skipped step writes
+    only its skip record `record`; a runnable one first removes a record an earlier, tool-less run left. With
+    skip_part the stage still runs and makes `outputs`; only what it cannot make (named by the reason) waits."""
+    module = f"pipeline.{target.partition(':')[0]}"
+    code = step_code(target, cached)
+    inputs, outputs = [str(f) for f in inputs], [str(f) for f in outputs]
+    task = {"name": subtask} if subtask else {}
+    if skip and not skip_part:
+        return {**task, **skipped_task(record, skip), "file_dep": list(code_files(RUNNER))}
+    action = stage(target, **params)
+    if cached:
+        from pipeline.core.cache import cached_action
+
+        # Where the outputs go does not change what they hold: a renamed project still hits the cache.
+        settings = {key: value for key, value in plain(params).items() if value not in outputs}
+        action = cached_action(target.partition(":")[2].removesuffix("_stage"), action, code_files=code,
+                               config_subset=settings, input_files=inputs,
+                               libraries=list(imported_libraries(module, RUNNER, CACHE)), outputs=outputs)
+    task.update({"actions": [action], "file_dep": inputs + code, "targets": outputs,
+                 "uptodate": [config_changed(plain({**params, **(state or {}), "skipped": skip}))], "clean": True})
+    if skip:
+        return {**task, "actions": [action, (_record_skip, (str(record), skip))], "targets": outputs + [str(record)]}
+    return runnable(record, task) if record else task
 
 
 _LOCK = None
@@ -127,7 +179,7 @@ def skipped_task(record, reason: str, **task) -> dict:
     """A task whose step cannot run here: it writes only its skip record (never a stand-in artifact), which
     the report and the release read."""
     return {**task, "actions": [(_record_skip, (str(record), reason))], "targets": [str(record)],
-            "uptodate": [keys({"skipped": reason})]}
+            "uptodate": [config_changed({"skipped": reason})]}
 
 
 def runnable(record, task: dict) -> dict:

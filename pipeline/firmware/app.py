@@ -12,20 +12,14 @@ from pipeline.evaluations import hardening as hardening_c
 from pipeline.int8.bundle import header_macros
 from pipeline.model.shapes import INPUT_SHAPE
 
-MCUX_APP = ROOT / "mcux_app"
-
-
-ZEPHYR_APP = ROOT / "zephyr_app"
-
-
+RESOURCES = ("mcux_app",)  # templates and C sources of the app (see pipeline/core/deps.py)
+MCUX_APP = ROOT / RESOURCES[0]
 HARDENING_SOURCE = "hardening.c"
-
-
 REQUIRED_MACROS = ("CONSTANT_MEM_SIZE", "MUTABLE_MEM_SIZE", "ACTIVATIONS_MEM_SIZE", "MEM_ALIGN")
 
 
 def _jinja() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader([str(MCUX_APP), str(ZEPHYR_APP)]),
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(MCUX_APP)),
                               undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 

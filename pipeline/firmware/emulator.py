@@ -23,8 +23,6 @@ from pipeline.model.evaluation import softmax
 from pipeline.model.shapes import to_input
 
 ICOUNT_SHIFT = 0
-
-
 QEMU_HINT = "install QEMU (Debian: apt-get install qemu-system-arm, or run make bootstrap)"
 
 
@@ -58,8 +56,6 @@ class ImageResult:
     @property
     def confidence_value(self) -> float:
         return float(np.array([self.confidence_bits], dtype=np.uint32).view(np.float32)[0])
-
-
 _IMAGE_BLOCK = re.compile(
     r"Image = (?P<image>\d+)\r?\n"
     r"Output bits =(?P<bits>(?: 0x[0-9A-F]{8})+)\r?\n"

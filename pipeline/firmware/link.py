@@ -14,8 +14,6 @@ from pipeline.core.tools import ARM_INSTALL_HINT, Skipped, arm_tool, run_tool, x
 from pipeline.firmware.app import HARDENING_SOURCE, MCUX_APP, _jinja, render_board_main_c
 
 BARE_METAL_SOURCES = ("startup_cortexm.c", "platform_semihost.c")
-
-
 FIRMWARE_CFLAGS = ("-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-ffunction-sections",
                    "-fdata-sections", "-ffp-contract=off")
 

@@ -6,7 +6,11 @@ from pathlib import Path
 
 from pipeline.core.atomic import write_text
 from pipeline.core.tools import Skipped, run_tool
-from pipeline.firmware.app import MCUX_APP, ZEPHYR_APP, _jinja
+from pipeline.core.config import ROOT
+from pipeline.firmware.app import MCUX_APP, _jinja
+
+RESOURCES = ("zephyr_app",)  # the Zephyr application (see pipeline/core/deps.py)
+ZEPHYR_APP = ROOT / RESOURCES[0]
 
 
 def require_mcux_sdk(board: dict, environ=None) -> None:

@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.int8 import graph as int8_graph
+from pipeline.core.config import ROOT
 from pipeline.core.atomic import atomic_dir, write_bytes
 from pipeline.int8.profile import read_profile
 from pipeline.core.tools import ARM_INSTALL_HINT, XTENSA_INSTALL_HINT, Skipped, arm_tool, run_tool, xtensa_tool
 
 MEM_ALIGN = 64
-KERNELS_DIR = Path(__file__).parent / "kernels"
+RESOURCES = ("pipeline/int8/kernels",)  # C kernels and the host runner (see pipeline/core/deps.py)
+KERNELS_DIR = ROOT / RESOURCES[0]
 KERNEL_SOURCES = ("add_s8.c", "conv2d_s8.c", "dequantize_s8_f32.c", "fully_connected_s8.c", "max_pool_s8.c",
                   "quantize_f32_s8.c", "relu_s8.c", "softmax_f32.c")
 BASE_CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-ffunction-sections", "-fdata-sections"]

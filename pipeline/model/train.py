@@ -94,10 +94,13 @@ def save_state_dict(model: nn.Module, path) -> None:
     atomic.write_bytes(path, buffer.getvalue())
 
 
-def train(data_dir, out_dir, *, channels, optimizer, lr, batch_size, epochs, schedule, weight_decay, augment,
+def train(data_dir, pth, *, channels, optimizer, lr, batch_size, epochs, schedule, weight_decay, augment,
           crop_padding, label_smoothing, ema_decay, seed=0, threads=2, init_from="", preset="",
           progress=True) -> dict:
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    """Train on data_dir's canonical dataset; write the deployed state_dict to `pth` and metrics.json,
+    training.png and (while running) checkpoint.pt beside it."""
+    data_dir, pth = Path(data_dir), Path(pth)
+    out_dir = pth.parent
     recipe = dict(channels=list(channels), optimizer=optimizer, lr=lr, batch_size=batch_size, epochs=epochs,
                   schedule=schedule, weight_decay=weight_decay, augment=augment, crop_padding=crop_padding,
                   label_smoothing=label_smoothing, ema_decay=ema_decay, seed=seed, threads=threads,
@@ -171,7 +174,7 @@ def train(data_dir, out_dir, *, channels, optimizer, lr, batch_size, epochs, sch
     test_x, test_y = load_split(data_dir, "test")
     metrics = dict(recipe=recipe, epochs=history, test_accuracy=evaluate(deployed, test_x, test_y),
                    test_images=int(len(test_y)), train_images=int(len(train_y)))
-    save_state_dict(deployed, out_dir / "cifar.pth")
+    save_state_dict(deployed, pth)
     atomic.write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     plot_training(history, out_dir / "training.png", title=f"{preset or 'custom'} preset")
     checkpoint_path.unlink(missing_ok=True)

@@ -1,0 +1,219 @@
+"""Where every artifact lives: one object per build and per board, so dodo.py, the report and the release all
+ask the same place instead of each re-deriving paths.
+
+    build/data/        the canonical dataset (manifest.json lists the SHA-256 of images/ and dataset-tuning/)
+    build/model/       <name>.pth, metrics.json, training.png, <name>.onnx, export_check.json, test_data_set_0/
+    build/quant/       profile.yml, profile_tuned.yml, tuning.json, accuracy.json, int8_val_predictions.npy
+    build/reports/     one folder per evaluation
+    build/<board>/     bundle/, source/, firmware and emulator outputs, vendor builds, skipped/<step>.txt
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+DATASET_ARRAYS = tuple(f"{split}_{kind}.npy" for split in ("train", "val", "test") for kind in ("images", "labels"))
+EVALUATION_FILES = {"hardening": ("hardening.json", "hardening.md", "hardening.png"),
+                    "robustness": ("robustness.json", "robustness.md", "robustness.png"),
+                    "parity": ("parity.json", "parity.md")}
+
+
+@dataclass(frozen=True)
+class BoardLayout:
+    """Files of one board under build/<board>/. `spec` is the board file's data (boards/<board>.toml)."""
+    root: Path
+    name: str
+    backend: str
+    spec: dict
+
+    @property
+    def board_file(self) -> Path:
+        return Path("boards") / f"{self.spec['name']}.toml"
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
+
+    @property
+    def source(self) -> Path:
+        return self.root / "source"
+
+    def bundle_file(self, suffix: str) -> Path:
+        return self.bundle / f"{self.name}{suffix}"
+
+    @property
+    def header(self) -> Path:
+        return self.bundle_file(".h")
+
+    @property
+    def object(self) -> Path:
+        return self.bundle_file(".o")
+
+    @property
+    def bundle_files(self) -> list[Path]:
+        """Header and weights, plus the generated C with the built-in backend (Glow keeps none)."""
+        suffixes = (".h", ".weights.bin", ".weights.txt") + ((".c",) if self.backend == "builtin" else ())
+        return [self.bundle_file(suffix) for suffix in suffixes]
+
+    @property
+    def image_inc(self) -> Path:
+        return self.source / "input_image_test.inc"
+
+    @property
+    def main_c(self) -> Path:
+        return self.source / "main.c"
+
+    @property
+    def emulator_linked(self) -> bool:
+        """The emulator has its own memory map, so the firmware is linked a second time for it."""
+        return "memory" in self.spec.get("emulator", {})
+
+    @property
+    def firmware(self) -> list[Path]:
+        """What the firmware build writes: the board's ELF (and linker script), and the emulator's link."""
+        if self.spec["toolchain"] == "xtensa":
+            return [self.root / "firmware.elf"]
+        files = [self.root / "firmware.elf", self.root / "firmware.ld"]
+        if self.emulator_linked:
+            files += [self.root / "emulator" / "firmware.elf", self.root / "emulator" / "firmware.ld"]
+        return files
+
+    @property
+    def emulator_elf(self) -> Path:
+        return self.root / ("emulator" if self.emulator_linked else "") / "firmware.elf"
+
+    @property
+    def emulator_outputs(self) -> list[Path]:
+        return [self.root / "emulator.log", self.root / "emulator.json"]
+
+    @property
+    def mcux(self) -> Path:
+        return self.root / "mcux"
+
+    @property
+    def zephyr(self) -> Path:
+        return self.root / "zephyr"
+
+    def skip_record(self, step: str) -> Path:
+        return self.root / "skipped" / f"{step}.txt"
+
+    def deliverables(self, skipped_steps) -> list[Path]:
+        """What the report and the release read of this board: what its steps made, or their skip records."""
+        files = [*self.bundle_files, self.image_inc, self.main_c]
+        files += [self.skip_record(step) for step in skipped_steps]
+        if "bundle_object" not in skipped_steps:
+            files.append(self.object)
+        if "firmware" not in skipped_steps:
+            files.append(self.root / "firmware.elf")
+            if "emulate" not in skipped_steps:
+                files += self.emulator_outputs
+        return files
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Files of one build: `build` is the build folder, `name` the network name (project.name)."""
+    build: Path
+    name: str
+    backend: str
+
+    # dataset
+    @property
+    def data(self) -> Path:
+        return self.build / "data"
+
+    @property
+    def classes(self) -> Path:
+        return self.data / "classes.json"
+
+    @property
+    def manifest(self) -> Path:
+        """Lists the SHA-256 of every dataset file, so it stands for images/ and dataset-tuning/ as a dependency."""
+        return self.data / "manifest.json"
+
+    @property
+    def dataset(self) -> list[Path]:
+        return [*(self.data / f for f in DATASET_ARRAYS), self.classes, self.manifest]
+
+    def split(self, name: str) -> list[Path]:
+        """A split's images and labels, and the class names that label them."""
+        return [self.data / f"{name}_images.npy", self.data / f"{name}_labels.npy", self.classes]
+
+    # model
+    @property
+    def model(self) -> Path:
+        return self.build / "model"
+
+    @property
+    def pth(self) -> Path:
+        return self.model / f"{self.name}.pth"
+
+    @property
+    def training(self) -> list[Path]:
+        return [self.pth, self.model / "metrics.json", self.model / "training.png"]
+
+    @property
+    def onnx(self) -> Path:
+        return self.model / f"{self.name}.onnx"
+
+    @property
+    def test_data(self) -> Path:
+        return self.model / "test_data_set_0"
+
+    @property
+    def test_data_files(self) -> list[Path]:
+        """The model-zoo style check data for onnx_test_runner: one input and the expected output."""
+        return [self.test_data / "input_0.pb", self.test_data / "output_0.pb"]
+
+    @property
+    def export(self) -> list[Path]:
+        return [self.onnx, self.model / "export_check.json", *self.test_data_files]
+
+    # quantization
+    @property
+    def quant(self) -> Path:
+        return self.build / "quant"
+
+    @property
+    def profile(self) -> Path:
+        return self.quant / "profile.yml"
+
+    @property
+    def tuned(self) -> Path:
+        return self.quant / "profile_tuned.yml"
+
+    @property
+    def tuning(self) -> list[Path]:
+        return [self.tuned, self.quant / "tuning.json"]
+
+    @property
+    def accuracy(self) -> Path:
+        return self.quant / "accuracy.json"
+
+    @property
+    def int8_val(self) -> Path:
+        return self.quant / "int8_val_predictions.npy"
+
+    # evaluations, report, release
+    def evaluation(self, kind: str) -> Path:
+        return self.build / "reports" / kind
+
+    def evaluation_files(self, kind: str) -> list[Path]:
+        return [self.evaluation(kind) / f for f in EVALUATION_FILES[kind]]
+
+    @property
+    def report(self) -> Path:
+        return self.build / "report.md"
+
+    def release(self, version: str) -> Path:
+        return self.build / "release" / f"{self.name}-{version}.tar.gz"
+
+    def board(self, spec: dict) -> BoardLayout:
+        return BoardLayout(self.build / spec["name"], self.name, self.backend, spec)
+
+    def release_files(self, boards: list[BoardLayout], skips: dict[str, dict]) -> dict[str, Path]:
+        """{name inside the archive: file} of every deliverable that was built (no logs, no skip records)."""
+        files = [*self.training, self.onnx, *self.test_data_files, self.profile, self.tuned, self.accuracy,
+                 self.report]
+        for board in boards:
+            files += [f for f in board.deliverables(skips[board.spec["name"]])
+                      if f.parent.name != "skipped" and f.suffix != ".log"]
+        return {str(f.relative_to(self.build)): f for f in files}
