@@ -29,13 +29,13 @@ except (configuration.ConfigError, dataset.DatasetError, ToolError) as err:
     sys.exit(f"error: {err}")
 
 LAYOUT = Layout(Path(CONFIG["project"]["build_dir"]), CONFIG["project"]["name"], BACKEND)
-NAME, CHANNELS = LAYOUT.name, CONFIG["model"]["channels"]
+NAME, CHANNELS = LAYOUT.network, CONFIG["model"]["channels"]
 QUANT, FIRMWARE, EVALUATION = CONFIG["quantization"], CONFIG["firmware"], CONFIG["evaluation"]
 BOARDS = [LAYOUT.board(configuration.load_board(board)) for board in FIRMWARE["boards"]]
 # Why a step cannot run on this machine, per board (absent: it runs), decided once when the graph is declared.
 CHECKS = {"bundle_object": require_compiler, "firmware": require_toolchain, "emulate": require_emulator,
           "zephyr": require_zephyr, "mcux_sdk": require_mcux_sdk}
-SKIPS = {board.spec["name"]: {step_name: reason for step_name, check in CHECKS.items()
+SKIPS = {board.board: {step_name: reason for step_name, check in CHECKS.items()
                               if (reason := skip_reason(check, board.spec))} for board in BOARDS}
 
 hold_build_lock(LAYOUT.build)
@@ -107,8 +107,8 @@ def task_bundle():
     """The int8 bundle per board: <name>.h/.c/.weights.bin/.weights.txt and <name>.o for the board's core."""
     for board in BOARDS:
         # Without the board's compiler the sources, header and weights are still built; only the object waits.
-        reason = SKIPS[board.spec["name"]].get("bundle_object")
-        yield step("int8.quantize:bundle_stage", subtask=board.spec["name"], skip=reason, skip_part=True,
+        reason = SKIPS[board.board].get("bundle_object")
+        yield step("int8.quantize:bundle_stage", subtask=board.board, skip=reason, skip_part=True,
                    record=board.skip_record("bundle_object"), inputs=[LAYOUT.onnx, LAYOUT.tuned, board.board_file],
                    outputs=board.bundle_files + ([] if reason else [board.object]), backend=BACKEND,
                    onnx_path=LAYOUT.onnx, profile_path=LAYOUT.tuned, board=board.spec, out_dir=board.bundle,
@@ -118,7 +118,7 @@ def task_bundle():
 def task_image_inc():
     """input_image_test.inc: the chosen test image as the firmware's float input bytes."""
     for board in BOARDS:
-        yield step("int8.quantize:image_inc_stage", subtask=board.spec["name"], inputs=LAYOUT.split("test"),
+        yield step("int8.image_inc:image_inc_stage", subtask=board.board, inputs=LAYOUT.split("test"),
                    outputs=[board.image_inc], data_dir=LAYOUT.data, out_path=board.image_inc,
                    class_name=QUANT["test_image_class"], index=QUANT["test_image_index"])
 
@@ -126,45 +126,45 @@ def task_image_inc():
 def task_main_c():
     """main.c rendered from mcux_app/main.c.j2: the app note's patched SDK example, done by the graph."""
     for board in BOARDS:
-        yield step("firmware.app:main_c_stage", subtask=board.spec["name"],
+        yield step("firmware.app:main_c_stage", subtask=board.board,
                    inputs=[board.header, board.image_inc, LAYOUT.classes, board.board_file], outputs=[board.main_c],
                    board=board.spec, data_dir=LAYOUT.data, bundle_dir=board.bundle, source_dir=board.source,
-                   network=NAME, hardening=FIRMWARE["hardening"].get(board.spec["name"]))
+                   network=NAME, hardening=FIRMWARE["hardening"].get(board.board))
 
 
 def task_firmware():
     """The firmware ELF: bare-metal RAM build with a semihosting console (Arm), or xt-clang (HiFi4)."""
     for board in BOARDS:
-        yield step("firmware.link:build_firmware", subtask=board.spec["name"],
-                   skip=SKIPS[board.spec["name"]].get("firmware"), record=board.skip_record("firmware"),
+        yield step("firmware.link:build_firmware", subtask=board.board,
+                   skip=SKIPS[board.board].get("firmware"), record=board.skip_record("firmware"),
                    inputs=[board.main_c, board.image_inc, board.object, board.board_file, *board.bundle_files],
                    outputs=board.firmware, board=board.spec, main_c=board.main_c, bundle_dir=board.bundle,
-                   network=NAME, out_dir=board.root, hardening=bool(FIRMWARE["hardening"].get(board.spec["name"])))
+                   network=NAME, out_dir=board.root, hardening=bool(FIRMWARE["hardening"].get(board.board)))
 
 
 def task_emulate():
     """Run the firmware under QEMU (-icount): instructions per inference, checked against the host bundle."""
     for board in BOARDS:
-        skips = SKIPS[board.spec["name"]]
-        yield step("firmware.emulator:emulate_stage", subtask=board.spec["name"],
+        skips = SKIPS[board.board]
+        yield step("firmware.emulator:emulate_stage", subtask=board.board,
                    skip=skips.get("emulate") or skips.get("firmware"), record=board.skip_record("emulate"),
                    inputs=[board.emulator_elf, board.image_inc, board.object, *board.bundle_files,
                            *LAYOUT.split("test")],
                    outputs=board.emulator_outputs, board=board.spec, data_dir=LAYOUT.data,
                    count=FIRMWARE["emulator_images"], elf=board.emulator_elf, bundle_dir=board.bundle,
                    image_inc=board.image_inc, out_dir=board.root, network=NAME, timeout=FIRMWARE["emulator_timeout"],
-                   hardening=FIRMWARE["hardening"].get(board.spec["name"]))
+                   hardening=FIRMWARE["hardening"].get(board.board))
 
 
 def vendor_builds(step_name: str, function: str, folder: str, elf: str):
     """zephyr:<board> and mcux_sdk:<board>: the same app built by the vendor flows when the user has them."""
     for board in BOARDS:
         out_dir = getattr(board, folder)
-        yield step(f"firmware.vendor:{function}", subtask=board.spec["name"],
-                   skip=SKIPS[board.spec["name"]].get(step_name), record=board.skip_record(step_name),
+        yield step(f"firmware.vendor:{function}", subtask=board.board,
+                   skip=SKIPS[board.board].get(step_name), record=board.skip_record(step_name),
                    inputs=[board.main_c, board.image_inc, board.object, board.board_file, *board.bundle_files],
                    outputs=[out_dir / elf], board=board.spec, source_dir=board.source, bundle_dir=board.bundle,
-                   network=NAME, hardening=bool(FIRMWARE["hardening"].get(board.spec["name"])),
+                   network=NAME, hardening=bool(FIRMWARE["hardening"].get(board.board)),
                    **{"build_dir" if step_name == "zephyr" else "out_dir": out_dir})
 
 
@@ -219,7 +219,7 @@ def task_report():
                "Confidence hardening": LAYOUT.evaluation("hardening") / "hardening.png",
                "Robustness": LAYOUT.evaluation("robustness") / "robustness.png"}
     metrics = LAYOUT.model / "metrics.json"
-    board_files = [f for board in BOARDS for f in board.deliverables(SKIPS[board.spec["name"]])]
+    board_files = [f for board in BOARDS for f in board.deliverables(SKIPS[board.board])]
     return step("delivery.report:report_stage",
                 inputs=[*board_files, LAYOUT.accuracy, metrics, *sections.values(), *figures.values()],
                 outputs=[LAYOUT.report], out_path=LAYOUT.report, build_dir=LAYOUT.build,

@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline import provenance  # noqa: E402
+from pipeline.core import provenance  # noqa: E402
 from pipeline.model.dataset import resolve_source  # noqa: E402
 
 def timed_doit(clone: Path, config: str, tasks: list[str], env: dict) -> tuple[float, str]:

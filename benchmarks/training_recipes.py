@@ -18,7 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline import config, train  # noqa: E402
+from pipeline.core import config  # noqa: E402
+from pipeline.model import train  # noqa: E402
 
 DEFAULT = config.TRAINING_PRESETS["default"]
 # name -> (what it changes, recipe)

@@ -1,1 +1,4 @@
-"""Stages of the dataset-to-firmware pipeline; each module is plain functions that dodo.py wires up."""
+"""The dataset-to-firmware pipeline: plain functions per stage (see the packages) that dodo.py declares as tasks."""
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the project tree: boards/, mcux_app/, zephyr_app/, dodo.py

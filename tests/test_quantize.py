@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.int8 import quantize
+from pipeline.int8 import image_inc, quantize
 
 
 @pytest.fixture
@@ -31,9 +31,9 @@ def test_calibration_images_pick_per_class_in_class_order(data_dir):
 def test_test_image_out_of_range_names_the_config_key(data_dir, tmp_path):
     np.save(data_dir / "test_images.npy", np.zeros((3, 32, 32, 3), np.uint8))
     np.save(data_dir / "test_labels.npy", np.array([0, 2, 2]))
-    quantize.image_inc_stage(data_dir, tmp_path / "a.inc", "cat", 1)
+    image_inc.image_inc_stage(data_dir, tmp_path / "a.inc", "cat", 1)
     assert "// Image: test/cat/0001" in (tmp_path / "a.inc").read_text()
     with pytest.raises(ValueError, match=r"quantization.test_image_index = 2 \(cat\): the split has 2 images"):
-        quantize.image_inc_stage(data_dir, tmp_path / "b.inc", "cat", 2)
+        image_inc.image_inc_stage(data_dir, tmp_path / "b.inc", "cat", 2)
     with pytest.raises(ValueError, match=r"test_image_class = 'horse'.*valid classes: airplane, bird, cat"):
-        quantize.image_inc_stage(data_dir, tmp_path / "b.inc", "horse", 0)
+        image_inc.image_inc_stage(data_dir, tmp_path / "b.inc", "horse", 0)

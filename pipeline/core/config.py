@@ -10,7 +10,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from pipeline import ROOT
+
 BOARDS_DIR = ROOT / "boards"
 
 

@@ -14,7 +14,7 @@ import sys
 from functools import cache
 from pathlib import Path
 
-from pipeline.core.config import ROOT
+from pipeline import ROOT
 
 PACKAGE = "pipeline"
 RESOURCES_NAME = "RESOURCES"

@@ -20,13 +20,17 @@ EVALUATION_FILES = {"hardening": ("hardening.json", "hardening.md", "hardening.p
 class BoardLayout:
     """Files of one board under build/<board>/. `spec` is the board file's data (boards/<board>.toml)."""
     root: Path
-    name: str
+    network: str
     backend: str
     spec: dict
 
     @property
+    def board(self) -> str:
+        return self.spec["name"]
+
+    @property
     def board_file(self) -> Path:
-        return Path("boards") / f"{self.spec['name']}.toml"
+        return Path("boards") / f"{self.board}.toml"
 
     @property
     def bundle(self) -> Path:
@@ -37,7 +41,7 @@ class BoardLayout:
         return self.root / "source"
 
     def bundle_file(self, suffix: str) -> Path:
-        return self.bundle / f"{self.name}{suffix}"
+        return self.bundle / f"{self.network}{suffix}"
 
     @property
     def header(self) -> Path:
@@ -110,9 +114,9 @@ class BoardLayout:
 
 @dataclass(frozen=True)
 class Layout:
-    """Files of one build: `build` is the build folder, `name` the network name (project.name)."""
+    """Files of one build: `build` is the build folder, `network` the network name (project.name)."""
     build: Path
-    name: str
+    network: str
     backend: str
 
     # dataset
@@ -144,7 +148,7 @@ class Layout:
 
     @property
     def pth(self) -> Path:
-        return self.model / f"{self.name}.pth"
+        return self.model / f"{self.network}.pth"
 
     @property
     def training(self) -> list[Path]:
@@ -152,7 +156,7 @@ class Layout:
 
     @property
     def onnx(self) -> Path:
-        return self.model / f"{self.name}.onnx"
+        return self.model / f"{self.network}.onnx"
 
     @property
     def test_data(self) -> Path:
@@ -204,16 +208,16 @@ class Layout:
         return self.build / "report.md"
 
     def release(self, version: str) -> Path:
-        return self.build / "release" / f"{self.name}-{version}.tar.gz"
+        return self.build / "release" / f"{self.network}-{version}.tar.gz"
 
     def board(self, spec: dict) -> BoardLayout:
-        return BoardLayout(self.build / spec["name"], self.name, self.backend, spec)
+        return BoardLayout(self.build / spec["name"], self.network, self.backend, spec)
 
     def release_files(self, boards: list[BoardLayout], skips: dict[str, dict]) -> dict[str, Path]:
         """{name inside the archive: file} of every deliverable that was built (no logs, no skip records)."""
         files = [*self.training, self.onnx, *self.test_data_files, self.profile, self.tuned, self.accuracy,
                  self.report]
         for board in boards:
-            files += [f for f in board.deliverables(skips[board.spec["name"]])
+            files += [f for f in board.deliverables(skips[board.board])
                       if f.parent.name != "skipped" and f.suffix != ".log"]
         return {str(f.relative_to(self.build)): f for f in files}

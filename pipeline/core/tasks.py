@@ -3,50 +3,31 @@ and the parameters it passes, and derives the rest: the code files it depends on
 config dependency (exactly the parameters passed), the step-cache wrapper and the skip record.
 """
 import dataclasses
-import importlib
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 
-from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from pipeline.core.deps import code_files, imported_libraries
+from pipeline.core.runner import call_stage, clear_skip, record_skip
 
-RUNNER = "pipeline.core.tasks"   # the module whose _call runs every stage
+RUNNER = "pipeline.core.runner"  # what runs every stage and writes skip records
 CACHE = "pipeline.core.cache"    # the module that restores and stores cached steps
-
-
-def _call(target, kwargs):
-    from pipeline.core.tools import Skipped
-
-    module, _, name = target.partition(":")
-    fn = getattr(importlib.import_module(f"pipeline.{module}"), name)
-    try:
-        fn(**kwargs)
-    except Skipped as skip:
-        print(skip, file=sys.stderr)
-        return {"skipped": skip.reason}
-    except (ValueError, RuntimeError, OSError) as err:
-        if not str(err):
-            traceback.print_exc()
-        return TaskFailed(f"{type(err).__name__}: {err}")
-    return None  # stages write files; doit needs no return values
 
 
 def stage(target: str, **kwargs):
     """A doit python-action calling pipeline.<module>.<function>(**kwargs) for target "module:function".
 
-    Modules are imported only when the task runs, so a no-op `doit` never pays for importing torch.
-    Our errors become a one-paragraph failure, not a traceback."""
-    return (_call, (target, kwargs))
+    Modules are imported only when the task runs, so a no-op `doit` never pays for importing torch."""
+    return (call_stage, (target, kwargs))
 
 
 def plain(value):
-    """A parameter as JSON data, for doit's config_changed and the cache key: paths as strings (relative to the
-    project root, so another checkout gets the same key), dataclasses and tuples as dicts and lists."""
+    """A parameter as JSON data, for doit's config_changed and the cache key: paths as strings (dodo.py gives
+    them relative to the project root, so another checkout gets the same key), dataclasses and tuples as dicts
+    and lists."""
     if isinstance(value, Path):
         return str(value)
     if dataclasses.is_dataclass(value):
@@ -96,7 +77,7 @@ def step(target: str, *, inputs=(), outputs=(), cached: bool = False, skip: str 
     task.update({"actions": [action], "file_dep": inputs + code, "targets": outputs,
                  "uptodate": [config_changed(plain({**params, **(state or {}), "skipped": skip}))], "clean": True})
     if skip:
-        return {**task, "actions": [action, (_record_skip, (str(record), skip))], "targets": outputs + [str(record)]}
+        return {**task, "actions": [action, (record_skip, (str(record), skip))], "targets": outputs + [str(record)]}
     return runnable(record, task) if record else task
 
 
@@ -164,24 +145,13 @@ def skip_reason(check, *args) -> str | None:
     return None
 
 
-def _record_skip(record, reason: str) -> None:
-    from pipeline.core.atomic import write_text
-
-    print(f"skipped: {reason}", file=sys.stderr)
-    write_text(record, reason + "\n")
-
-
-def _clear_skip(record) -> None:
-    Path(record).unlink(missing_ok=True)
-
-
 def skipped_task(record, reason: str, **task) -> dict:
     """A task whose step cannot run here: it writes only its skip record (never a stand-in artifact), which
     the report and the release read."""
-    return {**task, "actions": [(_record_skip, (str(record), reason))], "targets": [str(record)],
+    return {**task, "actions": [(record_skip, (str(record), reason))], "targets": [str(record)],
             "uptodate": [config_changed({"skipped": reason})]}
 
 
 def runnable(record, task: dict) -> dict:
     """A task that can run: it first removes the skip record an earlier, tool-less run may have left."""
-    return {**task, "actions": [(_clear_skip, (str(record),)), *task["actions"]]}
+    return {**task, "actions": [(clear_skip, (str(record),)), *task["actions"]]}

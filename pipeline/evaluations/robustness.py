@@ -19,7 +19,6 @@ from PIL import Image, ImageFilter
 from tqdm import tqdm
 
 from pipeline.core.atomic import save_png, write_text
-from pipeline.core.config import SCHEMA
 from pipeline.model.evaluation import balanced_subset, load_model, softmax, torch_logits
 from pipeline.model.shapes import to_input
 
@@ -32,8 +31,6 @@ TRANSFORMS = {
     "jpeg": {"quality": (int, lambda v: 1 <= v <= 100, "an integer in [1, 100], e.g. 60")},
 }
 # The defaults live in the config schema, the one place users see them.
-DEFAULT_TRANSFORMS = SCHEMA["evaluation"]["robustness_transforms"].default
-DEFAULT_EPSILONS = SCHEMA["evaluation"]["fgsm_epsilons"].default
 
 
 def parse_transform(spec, where: str = "transform") -> dict:
@@ -119,8 +116,7 @@ def vote(logits_per_copy) -> np.ndarray:
     return (votes + 0.5 * mean_probability).argmax(axis=1)
 
 
-def evaluate_robustness(model: torch.nn.Module, images, labels, transforms=DEFAULT_TRANSFORMS,
-                        epsilons=DEFAULT_EPSILONS) -> dict:
+def evaluate_robustness(model: torch.nn.Module, images, labels, transforms, epsilons) -> dict:
     """Accuracy with and without voting, on clean images and under FGSM at each epsilon (pixel levels)."""
     transforms = [parse_transform(t, where=f"transforms[{i}]") for i, t in enumerate(transforms)]
     labels = np.asarray(labels)
@@ -178,8 +174,7 @@ def plot(result: dict, png_path) -> None:
     plt.close(fig)
 
 
-def run_evaluation(model: torch.nn.Module, images, labels, out_dir, transforms=DEFAULT_TRANSFORMS,
-                   epsilons=DEFAULT_EPSILONS) -> dict:
+def run_evaluation(model: torch.nn.Module, images, labels, out_dir, transforms, epsilons) -> dict:
     """Write robustness.json, robustness.md and robustness.png to out_dir."""
     out_dir = Path(out_dir)
     result = evaluate_robustness(model, images, labels, transforms, epsilons)
@@ -189,7 +184,7 @@ def run_evaluation(model: torch.nn.Module, images, labels, out_dir, transforms=D
     return result
 
 
-def run_stage(pth_path, channels, data_dir, out_dir, transforms=DEFAULT_TRANSFORMS, epsilons=DEFAULT_EPSILONS,
+def run_stage(pth_path, channels, data_dir, out_dir, transforms, epsilons,
               max_images: int = 1000, split: str = "test") -> dict:
     """The doit stage: `max_images` of a split, balanced over the classes (0 = all), through run_evaluation."""
     from pipeline.model.dataset import load_split

@@ -7,7 +7,7 @@ import jinja2
 import numpy as np
 
 from pipeline.core.atomic import write_text
-from pipeline.core.config import ROOT
+from pipeline import ROOT
 from pipeline.evaluations import hardening as hardening_c
 from pipeline.int8.bundle import header_macros
 from pipeline.model.shapes import INPUT_SHAPE

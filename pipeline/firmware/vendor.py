@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.core.atomic import write_text
 from pipeline.core.tools import Skipped, run_tool
-from pipeline.core.config import ROOT
+from pipeline import ROOT
 from pipeline.firmware.app import MCUX_APP, _jinja
 
 RESOURCES = ("zephyr_app",)  # the Zephyr application (see pipeline/core/deps.py)

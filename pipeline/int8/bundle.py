@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.int8 import graph as int8_graph
-from pipeline.core.config import ROOT
+from pipeline import ROOT
 from pipeline.core.atomic import atomic_dir, write_bytes
 from pipeline.int8.profile import read_profile
 from pipeline.core.tools import ARM_INSTALL_HINT, XTENSA_INSTALL_HINT, Skipped, arm_tool, run_tool, xtensa_tool

@@ -3,6 +3,7 @@ glow_process_image.py (neg1to1, NCHW, RGB, float32 little-endian, "0X%02X, " wit
 import numpy as np
 
 from pipeline.core.atomic import write_text
+from pipeline.model.dataset import load_classes, load_split
 from pipeline.model.shapes import to_input
 
 BYTES_PER_LINE = 20
@@ -34,3 +35,18 @@ def image_of_class(labels: np.ndarray, label: int, index: int = 0) -> int:
         raise ValueError(f"the split has {len(hits)} images with label {label}, so there is no image {index} of it; "
                          f"choose an index below {len(hits)} or another class")
     return int(hits[index])
+
+
+def image_inc_stage(data_dir, out_path, class_name: str, index: int) -> None:
+    """input_image_test.inc from the `index`-th test image of `class_name` (default: the first horse)."""
+    classes = load_classes(data_dir)
+    if class_name not in classes:
+        raise ValueError(f"quantization.test_image_class = {class_name!r} is not a class of the dataset; "
+                         f"valid classes: {', '.join(classes)}")
+    images, labels = load_split(data_dir, "test")
+    label = classes.index(class_name)
+    try:
+        position = image_of_class(labels, label, index)
+    except ValueError as err:
+        raise ValueError(f"quantization.test_image_index = {index} ({class_name}): {err}") from None
+    write_image_inc(images[position], out_path, f"test/{class_name}/{index:04d}", label, class_name)

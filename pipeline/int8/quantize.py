@@ -15,7 +15,6 @@ from PIL import Image
 from pipeline.core import atomic
 from pipeline.int8 import bundle
 from pipeline.int8 import glow
-from pipeline.int8 import image_inc
 from pipeline.int8 import graph as int8_graph
 from pipeline.int8 import profile
 from pipeline.int8 import tune
@@ -103,21 +102,6 @@ def tune_stage(backend: str, onnx_path, profile_path, data_dir, out_path, target
 def bundle_stage(backend: str, onnx_path, profile_path, board: dict, out_dir, network: str) -> dict:
     make = glow.make_bundle if backend == "glow" else bundle.make_bundle
     return make(onnx_path, profile_path, board, out_dir, network)
-
-
-def image_inc_stage(data_dir, out_path, class_name: str, index: int) -> None:
-    """input_image_test.inc from the `index`-th test image of `class_name` (default: the first horse)."""
-    classes = load_classes(data_dir)
-    if class_name not in classes:
-        raise ValueError(f"quantization.test_image_class = {class_name!r} is not a class of the dataset; "
-                         f"valid classes: {', '.join(classes)}")
-    images, labels = load_split(data_dir, "test")
-    label = classes.index(class_name)
-    try:
-        position = image_inc.image_of_class(labels, label, index)
-    except ValueError as err:
-        raise ValueError(f"quantization.test_image_index = {index} ({class_name}): {err}") from None
-    image_inc.write_image_inc(images[position], out_path, f"test/{class_name}/{index:04d}", label, class_name)
 
 
 @contextlib.contextmanager
