@@ -71,14 +71,14 @@ def task_train():
 def task_export():
     """Export to ONNX, verified by ONNX Runtime against PyTorch, with model-zoo test data."""
     export = CONFIG["export"]
-    return step("model.export:export", inputs=[LAYOUT.pth, *LAYOUT.split("val")], outputs=LAYOUT.export,
+    return step("model.export:export", cached=True, inputs=[LAYOUT.pth, *LAYOUT.split("val")], outputs=LAYOUT.export,
                 pth=LAYOUT.pth, out_onnx=LAYOUT.onnx, data_dir=LAYOUT.data, channels=CHANNELS, opset=export["opset"],
                 verify_count=export["verify_images"], tolerance=export["tolerance"], test_data_dir=LAYOUT.test_data)
 
 
 def task_profile():
     """profile.yml: float ranges of every tensor over the calibration images (Glow's format)."""
-    return step("int8.quantize:profile_stage", inputs=[LAYOUT.onnx, LAYOUT.classes, LAYOUT.manifest],
+    return step("int8.quantize:profile_stage", cached=True, inputs=[LAYOUT.onnx, LAYOUT.classes, LAYOUT.manifest],
                 outputs=[LAYOUT.profile], backend=BACKEND, onnx_path=LAYOUT.onnx, data_dir=LAYOUT.data,
                 out_path=LAYOUT.profile, per_class=QUANT["calibration_per_class"])
 
@@ -96,7 +96,7 @@ def task_tune():
 
 def task_accuracy():
     """accuracy.json: float vs deployed int8 (host-compiled bundle C) on the test split, untuned and tuned."""
-    return step("int8.quantize:accuracy_stage", inputs=[LAYOUT.onnx, LAYOUT.profile, LAYOUT.tuned,
+    return step("int8.quantize:accuracy_stage", cached=True, inputs=[LAYOUT.onnx, LAYOUT.profile, LAYOUT.tuned,
                                                         *LAYOUT.split("test")],
                 outputs=[LAYOUT.accuracy], onnx_path=LAYOUT.onnx,
                 profiles={"untuned": LAYOUT.profile, "tuned": LAYOUT.tuned}, data_dir=LAYOUT.data,
@@ -180,21 +180,21 @@ def task_mcux_sdk():
 
 def task_int8_predictions():
     """The int8 bundle's top-1 on the validation images used for engine parity."""
-    return step("int8.quantize:int8_predictions_stage", inputs=[LAYOUT.onnx, LAYOUT.tuned, *LAYOUT.split("val")],
+    return step("int8.quantize:int8_predictions_stage", cached=True, inputs=[LAYOUT.onnx, LAYOUT.tuned, *LAYOUT.split("val")],
                 outputs=[LAYOUT.int8_val], onnx_path=LAYOUT.onnx, profile_path=LAYOUT.tuned, data_dir=LAYOUT.data,
                 split="val", max_images=EVALUATION["parity_images"], out_path=LAYOUT.int8_val, network=NAME)
 
 
 def task_hardening():
     """Confidence hardening (round / noise / pseudo_noise_sin) evaluated on the test split, with a plot."""
-    return step("evaluations.hardening:run_stage", inputs=[LAYOUT.pth, *LAYOUT.split("test")],
+    return step("evaluations.hardening:run_stage", cached=True, inputs=[LAYOUT.pth, *LAYOUT.split("test")],
                 outputs=LAYOUT.evaluation_files("hardening"), pth_path=LAYOUT.pth, channels=CHANNELS,
                 data_dir=LAYOUT.data, out_dir=LAYOUT.evaluation("hardening"), options=EVALUATION["hardening_options"])
 
 
 def task_robustness():
     """Input-transformation voting, clean and under FGSM, with a plot."""
-    return step("evaluations.robustness:run_stage", inputs=[LAYOUT.pth, *LAYOUT.split("test")],
+    return step("evaluations.robustness:run_stage", cached=True, inputs=[LAYOUT.pth, *LAYOUT.split("test")],
                 outputs=LAYOUT.evaluation_files("robustness"), pth_path=LAYOUT.pth, channels=CHANNELS,
                 data_dir=LAYOUT.data, out_dir=LAYOUT.evaluation("robustness"),
                 transforms=EVALUATION["robustness_transforms"], epsilons=EVALUATION["fgsm_epsilons"],
@@ -203,7 +203,7 @@ def task_robustness():
 
 def task_parity():
     """PyTorch vs ONNX Runtime vs OpenCV DNN on the validation images, and the int8 bundle against each."""
-    return step("evaluations.parity:run_stage", inputs=[LAYOUT.pth, LAYOUT.onnx, LAYOUT.int8_val,
+    return step("evaluations.parity:run_stage", cached=True, inputs=[LAYOUT.pth, LAYOUT.onnx, LAYOUT.int8_val,
                                                         *LAYOUT.split("val")],
                 outputs=LAYOUT.evaluation_files("parity"), pth_path=LAYOUT.pth, channels=CHANNELS,
                 onnx_path=LAYOUT.onnx, data_dir=LAYOUT.data, out_dir=LAYOUT.evaluation("parity"),

@@ -37,8 +37,8 @@ def make_image_folder(root: Path, train_per_class: int, test_per_class: int, see
 
 @pytest.fixture(scope="session")
 def small_dataset_dir(tmp_path_factory) -> Path:
-    """An image-folder dataset big enough for configs/smoke.toml (170 train and 20 test images per class)."""
-    return make_image_folder(tmp_path_factory.mktemp("small_dataset"), train_per_class=170, test_per_class=20)
+    """An image-folder dataset big enough for configs/smoke.toml (340 train and 30 test images per class)."""
+    return make_image_folder(tmp_path_factory.mktemp("small_dataset"), train_per_class=340, test_per_class=30)
 
 
 @pytest.fixture(scope="session")

@@ -62,7 +62,7 @@ CHANGES = {
     "firmware.emulator_images": (3, [f"emulate:{board}" for board in ARM]),
     "firmware.emulator_timeout": (60.0, [f"emulate:{board}" for board in ARM]),
     "evaluation.hardening_options": ([{"method": "round", "step": 0.1}], ["hardening"]),
-    "evaluation.robustness_images": (100, ["robustness"]),
+    "evaluation.robustness_images": (50, ["robustness"]),
     "evaluation.robustness_transforms": ([{"kind": "blur", "radius": 0.6}], ["robustness"]),
     "evaluation.fgsm_epsilons": ([2], ["robustness"]),
     "evaluation.parity_images": (100, ["int8_predictions", "parity"]),

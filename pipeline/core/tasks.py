@@ -45,6 +45,13 @@ def step_code(target: str, cached: bool = False) -> list[str]:
     return list(code_files(f"pipeline.{target.partition(':')[0]}", RUNNER, *((CACHE,) if cached else ())))
 
 
+def cache_name(target: str) -> str:
+    """The name a stage's cache entries are filed under: its function's name without `_stage` (tune_stage ->
+    tune), or for a module's generic run_stage the module's name (evaluations.parity:run_stage -> parity)."""
+    module, _, function = target.partition(":")
+    return module.rpartition(".")[2] if function == "run_stage" else function.removesuffix("_stage")
+
+
 def step(target: str, *, inputs=(), outputs=(), cached: bool = False, skip: str | None = None, record=None,
          skip_part: bool = False, subtask: str | None = None, state: dict | None = None,
          **params) -> dict:
@@ -53,8 +60,7 @@ def step(target: str, *, inputs=(), outputs=(), cached: bool = False, skip: str 
     tasks or the user make), on the derived code files and on the value of every parameter; it writes `outputs`.
 
     cached: restore the outputs from the step cache (pipeline/core/cache.py) when the same code, parameters,
-    input contents and library versions made them before; its entries are filed under the function's name
-    (train, tune for tune_stage).
+    input contents and versions of the libraries the stage imports made them before (entries: cache_name).
     state: values that decide staleness without being passed (e.g. a source folder's fingerprint).
     skip/record: `skip` is the reason the step cannot run on this machine (None: it runs); a skipped step writes
     only its skip record `record`; a runnable one first removes a record an earlier, tool-less run left. With
@@ -71,9 +77,9 @@ def step(target: str, *, inputs=(), outputs=(), cached: bool = False, skip: str 
 
         # Where the outputs go does not change what they hold: a renamed project still hits the cache.
         settings = {key: value for key, value in plain(params).items() if value not in outputs}
-        action = cached_action(target.partition(":")[2].removesuffix("_stage"), action, code_files=code,
-                               config_subset=settings, input_files=inputs,
-                               libraries=list(imported_libraries(module, RUNNER, CACHE)), outputs=outputs)
+        action = cached_action(cache_name(target), action, code_files=code, config_subset=settings,
+                               input_files=inputs, libraries=list(imported_libraries(module, RUNNER)),
+                               outputs=outputs)
     task.update({"actions": [action], "file_dep": inputs + code, "targets": outputs,
                  "uptodate": [config_changed(plain({**params, **(state or {}), "skipped": skip}))], "clean": True})
     if skip:
