@@ -118,21 +118,24 @@ def _restore(entry: Path, manifest: dict, outputs: list[Path]) -> None:
                 raise CorruptEntry(f"{entry}: file {FILES}/{index} changed while being restored")
 
 
-def _store(stage_dir: Path, key: str, outputs: list[Path], ingredients) -> None:
-    """Write the entry into a temp folder beside its final place, then rename it there. If another writer
-    got there first with a good entry, keep theirs; a bad entry in the way is moved aside and replaced."""
+def manifest_of(stage: str, key: str, outputs: list[Path], ingredients) -> dict:
+    """The manifest of an entry holding `outputs`: each one's name, size and sha256, and the key's ingredients."""
+    records = [{"name": o.name, "size": o.stat().st_size, "sha256": file_sha256(o)} for o in outputs]
+    return {"format": CACHE_FORMAT, "stage": stage, "key": key, "outputs": records, "ingredients": ingredients}
+
+
+def manifest_text(manifest: dict) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+
+
+def install_entry(stage_dir: Path, key: str, fill) -> None:
+    """Have `fill(tmp)` write an entry (manifest and files/) into a temp folder beside its final place, then
+    rename it there. If another writer got there first with a good entry, keep theirs; a bad entry in the way is
+    moved aside and replaced. Whatever `fill` raises propagates, and nothing is left behind."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=stage_dir))
     try:
-        (tmp / FILES).mkdir()
-        records = []
-        for index, output in enumerate(outputs):
-            stored = tmp / FILES / str(index)
-            shutil.copyfile(output, stored)
-            records.append({"name": output.name, "size": stored.stat().st_size, "sha256": file_sha256(stored)})
-        manifest = {"format": CACHE_FORMAT, "stage": stage_dir.name, "key": key, "outputs": records,
-                    "ingredients": ingredients}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        fill(tmp)
         entry = stage_dir / key
         try:
             os.rename(tmp, entry)
@@ -158,39 +161,73 @@ def _store(stage_dir: Path, key: str, outputs: list[Path], ingredients) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _store(stage_dir: Path, key: str, outputs: list[Path], manifest: dict) -> None:
+    def fill(tmp: Path) -> None:
+        (tmp / FILES).mkdir()
+        for index, (output, record) in enumerate(zip(outputs, manifest["outputs"])):
+            stored = tmp / FILES / str(index)
+            shutil.copyfile(output, stored)
+            if file_sha256(stored) != record["sha256"]:
+                raise OSError(f"{output} changed while being stored")
+        (tmp / MANIFEST).write_text(manifest_text(manifest), encoding="utf-8")
+    install_entry(stage_dir, key, fill)
+
+
+def _restore_entry(stage: str, key: str, entry: Path, outputs: list[Path], log, origin: str) -> bool:
+    """Restore `outputs` from a verified local entry; False (reported) if it is missing, corrupt or another
+    step's."""
+    if not entry.exists():
+        return False
+    try:
+        manifest = _read_manifest(entry)
+        stored_names = [record["name"] for record in manifest["outputs"]]
+        if stored_names != [o.name for o in outputs]:
+            raise CorruptEntry(f"{entry}: holds {stored_names}, not this step's outputs "
+                               f"{[o.name for o in outputs]}")
+        _restore(entry, manifest, outputs)
+    except CorruptEntry as problem:
+        _warn(f"ignoring entry: {problem}")
+        return False
+    _mark_used(entry)
+    log(f"{stage}: cache hit {key[:16]}, restored {', '.join(o.name for o in outputs)} from {origin}")
+    return True
+
+
 def cached_run(stage: str, key: str, outputs, run, log=print, ingredients: dict | None = None,
-               root=None) -> str:
+               root=None, remote=None) -> str:
     """Restore `outputs` from the cache entry for `key` ("hit"), or call `run()` to make them and store
-    them ("miss"). A corrupt or incomplete entry is reported on stderr and treated as a miss.
-    `ingredients` (from key_ingredients) is stored in the manifest to explain the key; `root` defaults
-    to cache_root()."""
+    them ("miss"). Looks in the local tier (`root`, default cache_root()), then in the remote tier (`remote`, a
+    pipeline.core.remote_cache.Remote; default: the one $PIPELINE_CACHE_URL names, if any), whose entry is first
+    downloaded into the local tier and verified. A miss stores the outputs locally, then publishes them remotely.
+    A corrupt or incomplete entry is reported on stderr and treated as a miss; a failing remote is reported once
+    and skipped. `ingredients` (from key_ingredients) is stored in the manifest to explain the key."""
     outputs = [Path(o) for o in outputs]
     if ingredients is not None and key_of(ingredients) != key:
         raise ValueError(f"cache key {key} of stage {stage!r} was not computed from the ingredients given")
+    if remote is None:
+        from pipeline.core import remote_cache  # imports boto3/requests only when a remote is configured
+
+        remote = remote_cache.from_environment()
     stage_dir = Path(root if root is not None else cache_root()) / stage
     entry = stage_dir / key
-    if entry.exists():
-        try:
-            manifest = _read_manifest(entry)
-            stored_names = [record["name"] for record in manifest["outputs"]]
-            if stored_names != [o.name for o in outputs]:
-                raise CorruptEntry(f"{entry}: holds {stored_names}, not this step's outputs "
-                                   f"{[o.name for o in outputs]}")
-            _restore(entry, manifest, outputs)
-            _mark_used(entry)
-            log(f"{stage}: cache hit {key[:16]}, restored {', '.join(o.name for o in outputs)} from {entry}")
-            return "hit"
-        except CorruptEntry as problem:
-            _warn(f"ignoring entry: {problem}")
+    if _restore_entry(stage, key, entry, outputs, log, str(entry)):
+        return "hit"
+    if remote is not None and remote.fetch(stage, key, stage_dir) and \
+            _restore_entry(stage, key, entry, outputs, log, f"{remote.url} (via {entry})"):
+        remote.mark_used(key, entry)
+        return "hit"
     log(f"{stage}: cache miss {key[:16]}, running")
     run()
     missing = [str(o) for o in outputs if not o.is_file()]
     if missing:
         raise ValueError(f"stage {stage!r} ran but did not write its outputs {missing}; fix the stage function")
+    manifest = manifest_of(stage, key, outputs, ingredients)
     try:
-        _store(stage_dir, key, outputs, ingredients)
+        _store(stage_dir, key, outputs, manifest)
     except OSError as error:  # e.g. a read-only shared cache or a full disk: the step itself succeeded
         _warn(f"could not store {stage} {key[:16]} in {stage_dir}: {error}")
+    if remote is not None:
+        remote.publish(key, outputs, manifest)
     return "miss"
 
 
