@@ -341,7 +341,7 @@ def test_keys_check_and_prune_on_the_remote(tmp_path, side, key_and_ingredients,
     capsys.readouterr()
 
     assert cache.main(["--remote", "keys"]) == 0
-    assert sorted(capsys.readouterr().out.split("\n")) == sorted([f"train {key}", f"train {other}"])
+    assert sorted(capsys.readouterr().out.splitlines()) == sorted([f"train {key}", f"train {other}"])
     assert cache.main(["--remote", "check"]) == 0
     capsys.readouterr()
     first_model = f"cas/{sha(Step(tmp_path, 1).contents[0])}"
@@ -349,9 +349,9 @@ def test_keys_check_and_prune_on_the_remote(tmp_path, side, key_and_ingredients,
     assert cache.main(["--remote", "check"]) == 1
     assert first_model in capsys.readouterr().err
 
-    time.sleep(1.1)  # server times have 1 s resolution
+    time.sleep(1.1)  # server times are whole seconds: everything so far is from before `cutoff`
+    cutoff = int(time.time())
     run_step(tmp_path, "three", other, remote(side.url))  # a hit marks `other` used now
-    cutoff = time.time() - 0.5
     assert cache.main(["--remote", "prune", "--unused-since", str(cutoff)]) == 0
     left = side.objects()
     assert sorted(left) == sorted([f"ac/{other}"] + [f"cas/{sha(c)}" for c in Step(tmp_path, 2).contents])

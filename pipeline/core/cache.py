@@ -341,10 +341,42 @@ def prune(root, unused_since: float) -> list[Path]:
     return removed
 
 
+def _remote_main(args) -> int:
+    """keys / check / prune on the remote tier (--url, else $PIPELINE_CACHE_URL)."""
+    from pipeline.core import remote_cache
+
+    url = args.url or os.environ.get(remote_cache.URL_ENV, "")
+    if not url:
+        print(f"--remote needs {remote_cache.URL_ENV} set, or --url URL", file=sys.stderr)
+        return 2
+    remote = remote_cache.from_url(url)
+    try:
+        if args.command == "keys":
+            listing = "".join(f"{stage} {key}\n" for stage, key, _ in remote.entries())
+            print(hashlib.sha256(listing.encode("utf-8")).hexdigest() if args.digest else listing.rstrip("\n"))
+            return 0
+        if args.command == "prune":
+            if remote.readonly:
+                print(f"{remote_cache.READONLY_ENV} is set: not pruning {url}", file=sys.stderr)
+                return 2
+            for name in remote.prune(args.unused_since):
+                print(f"removed {url}/{name}")
+            return 0
+        total, bad = remote.check()
+        print(f"{url}: {total} entries, {bad} bad")
+        return 1 if bad else 0
+    except remote_cache.RemoteError as error:
+        print(f"remote cache {url}: {error}", file=sys.stderr)
+        return 2
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.cache", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.core.cache", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=None,
                         help=f"cache folder (default: ${CACHE_ENV} or the per-user cache)")
+    parser.add_argument("--remote", action="store_true",
+                        help="work on the remote tier instead ($PIPELINE_CACHE_URL, or --url)")
+    parser.add_argument("--url", default=None, help="the remote tier's address for --remote")
     commands = parser.add_subparsers(dest="command", required=True)
     keys = commands.add_parser("keys", help="print `stage key` of every valid entry")
     keys.add_argument("--digest", action="store_true", help="print one sha256 of the key list instead")
@@ -352,6 +384,8 @@ def main(argv=None) -> int:
     drop.add_argument("--unused-since", type=float, required=True, metavar="EPOCH_SECONDS")
     commands.add_parser("check", help="verify every entry; exit 1 if any is incomplete or corrupt")
     args = parser.parse_args(argv)
+    if args.remote:
+        return _remote_main(args)
     root = args.root if args.root is not None else cache_root()
 
     if args.command == "keys":
