@@ -72,8 +72,17 @@ class WebDav:
     def url(self, location: str = "cache") -> str:
         return f"http://127.0.0.1:{self.port}/{location}"
 
+    def _log(self) -> list[list[str]]:
+        """nginx's access log, a line per request: method, status, request body length, response body length."""
+        return [line.split() for line in self.access_log.read_text().splitlines()]
+
     def requests_made(self, method: str) -> int:
-        return sum(f'"{method} ' in line for line in self.access_log.read_text().splitlines())
+        return sum(fields[0] == method for fields in self._log())
+
+    def transferred(self) -> tuple[int, int]:
+        """Bytes received in request bodies (uploads) and sent in response bodies (downloads) so far."""
+        up = sum(int(fields[2]) for fields in self._log() if fields[2] != "-")
+        return up, sum(int(fields[3]) for fields in self._log())
 
 
 NGINX_CONF = """
@@ -84,7 +93,8 @@ pid {state}/nginx.pid;
 error_log {state}/error.log warn;
 events {{ worker_connections 64; }}
 http {{
-    access_log {state}/access.log;
+    log_format volume '$request_method $status $content_length $body_bytes_sent';
+    access_log {state}/access.log volume;
     client_body_temp_path {state}/body;
     proxy_temp_path {state}/proxy;
     fastcgi_temp_path {state}/fastcgi;

@@ -4,12 +4,14 @@ A step's key is a SHA-256 over everything that determines its outputs: its code,
 the content of its inputs and the versions of the libraries that compute it. Entries live in
 `<cache root>/<stage>/<key>/` as `manifest.json` plus `files/<n>` (the n-th output). An entry is built in a
 temp folder beside it and renamed into place whole, so readers never see a half-written one; the manifest
-lists every file's sha256, and a hit restores only after checking them.
+lists every file's sha256, and a hit restores only after checking them. Behind this local tier,
+$PIPELINE_CACHE_URL may name a shared remote one (pipeline/core/remote_cache.py): looked up after the local tier,
+its hits are downloaded into the local tier, and a miss's result is published to both.
 
-Command line (for CI):
-  python -m pipeline.cache keys [--digest]        every valid entry as `stage key`, or one digest of that list
-  python -m pipeline.cache prune --unused-since T drop entries not used since epoch T, and stale temp folders
-  python -m pipeline.cache check                  report incomplete or corrupt entries (exit 1 if any)
+Command line (for CI; `--remote` works on the remote tier instead):
+  python -m pipeline.core.cache keys [--digest]        every valid entry as `stage key`, or one digest of that list
+  python -m pipeline.core.cache prune --unused-since T drop entries not used since epoch T (and stale temp folders)
+  python -m pipeline.core.cache check                  report incomplete or corrupt entries (exit 1 if any)
 `doit cache_key` also prints the keys the current tree and config give train and tune (print_keys).
 """
 import argparse
@@ -282,7 +284,8 @@ def current_keys(actions) -> list[tuple[str, str | None, str]]:
 
 def print_keys(actions, root=None) -> None:
     """For `doit cache_key`: the keys this tree and config give its cached steps (`stage key`, or `stage -`
-    and why when an input is not built yet), then the valid entries in the cache, as `stage key` lines."""
+    and why when an input is not built yet), then the valid entries in the local cache and the entries in the
+    remote one ($PIPELINE_CACHE_URL, when set), as `stage key` lines."""
     root = Path(root if root is not None else cache_root())
     print("# keys of this tree and config (stage key; '-' until the step's inputs are built)")
     for stage, key, why in current_keys(actions):
@@ -290,6 +293,16 @@ def print_keys(actions, root=None) -> None:
     print(f"# valid entries in {root}")
     for stage, key in valid_keys(root):
         print(f"{stage} {key}")
+    from pipeline.core import remote_cache
+
+    remote = remote_cache.from_environment()
+    if remote is not None:
+        print(f"# entries in {remote.url}")
+        try:
+            for stage, key, _ in remote.entries():
+                print(f"{stage} {key}")
+        except remote_cache.RemoteError as error:
+            print(f"# (not usable: {error})")
 
 
 def _mark_used(entry: Path) -> None:
