@@ -16,7 +16,7 @@ import pytest
 from cache_servers import NETRC_PASSWORD, NETRC_USER, TOKEN, moto_s3, nginx_missing, nginx_webdav
 from conftest import copy_project, run_doit, smoke_env
 from pipeline.core import cache, provenance, remote_cache
-from test_cache import Step, sha
+from test_cache import Step, no_remote_from_the_shell, sha, sources  # noqa: F401 - fixtures used here
 
 needs_nginx = pytest.mark.skipif(bool(nginx_missing()), reason=nginx_missing() or "")
 
@@ -72,7 +72,8 @@ class S3Side:
 @pytest.fixture(params=["http", "s3"])
 def side(request, monkeypatch):
     """An empty remote cache of each kind, with the environment pointing boto3 at the S3 server."""
-    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:50]
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{hashlib.sha256(request.node.name.encode()).hexdigest()[:8]}"  # unique: a bucket per test
     if request.param == "http":
         return HttpSide(request.getfixturevalue("webdav"), name)
     server = request.getfixturevalue("s3")
@@ -95,15 +96,8 @@ def run_step(tmp_path, folder: str, key: str, the_remote, seed: int = 1, ingredi
 
 
 @pytest.fixture
-def key_and_ingredients(tmp_path):
-    from test_cache import payload
-
-    code, data = tmp_path / "src" / "train.py", tmp_path / "data" / "train.npy"
-    code.parent.mkdir()
-    data.parent.mkdir()
-    code.write_text("def train(): pass\n")
-    data.write_bytes(payload(7, 1000))
-    ingredients = cache.key_ingredients("train", [code], {"lr": 0.1}, [data], {"numpy": "2.4.6"})
+def key_and_ingredients(sources):
+    ingredients = cache.key_ingredients(**sources)
     return cache.key_of(ingredients), ingredients
 
 
@@ -118,6 +112,16 @@ def test_first_checkout_uploads_second_restores_without_running(tmp_path, side, 
     status, second = run_step(tmp_path, "two", key, remote(side.url))
     assert (status, second.runs) == ("hit", 0) and second.outputs_are_right()
     assert cache.valid_keys(tmp_path / "two" / "cache") == [("train", key)]  # now in the local tier too
+
+
+def test_local_hit_shares_an_entry_the_remote_lacks(tmp_path, side, key_and_ingredients):
+    key, ingredients = key_and_ingredients
+    run_step(tmp_path, "one", key, None, ingredients=ingredients)  # warmed before the remote existed
+    _, first = run_step(tmp_path, "one", key, remote(side.url))
+    assert first.runs == 0 and f"ac/{key}" in side.objects()
+    assert {f"cas/{sha(c)}" for c in first.contents} <= set(side.objects())
+    status, second = run_step(tmp_path, "two", key, remote(side.url))
+    assert (status, second.runs) == ("hit", 0) and second.outputs_are_right()
 
 
 def test_tampered_blob_is_reported_not_used_and_repaired(tmp_path, side, key_and_ingredients, capsys):
@@ -197,7 +201,7 @@ def _racing_writer(url, environ, key, folder, seed, barrier, results):
     os.environ.update(environ)
     barrier.wait()
     status, step = run_step(Path(folder), "checkout", key, remote(url), seed=seed)
-    results.put((seed, status, step.outputs_are_right()))
+    results.put((seed, status, [sha(path.read_bytes()) for path in step.outputs]))
 
 
 def test_racing_writers_leave_one_whole_entry(tmp_path, side, key_and_ingredients):
@@ -209,17 +213,18 @@ def test_racing_writers_leave_one_whole_entry(tmp_path, side, key_and_ingredient
                                                             barrier, results)) for seed in range(4)]
     for writer in writers:
         writer.start()
+    outcomes = [results.get(timeout=120) for _ in writers]  # before joining: a writer exits once it is read
     for writer in writers:
-        writer.join(timeout=120)
+        writer.join(timeout=30)
         assert writer.exitcode == 0
-    outcomes = [results.get(timeout=5) for _ in writers]
-    assert all(right for _, _, right in outcomes) and {status for _, status, _ in outcomes} <= {"hit", "miss"}
+    every_writers_files = [[sha(data) for data in Step(tmp_path, seed).contents] for seed in range(4)]
+    for seed, status, files in outcomes:  # a miss keeps its own result; a hit restores one writer's, whole
+        assert files == every_writers_files[seed] if status == "miss" else files in every_writers_files
 
     for reader in range(3):
         status, step = run_step(tmp_path, f"reader{reader}", key, remote(side.url))
         assert (status, step.runs) == ("hit", 0)
-        got = [path.read_bytes() for path in step.outputs]
-        assert got in [Step(tmp_path, seed).contents for seed in range(4)]  # one writer's files, not a mix
+        assert [sha(path.read_bytes()) for path in step.outputs] in every_writers_files  # one writer's, no mix
 
 
 # --- a server that is down, failing or too slow: one warning, the step runs, the same result ---
@@ -259,25 +264,21 @@ def silent_server():
     server.close()
 
 
+S3_ELSEWHERE = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
 def unusable_remotes(kind, request):
+    """(url, environment) of a remote cache that is down, answers 500, or hangs."""
     if kind == "down":
         return f"http://127.0.0.1:{closed_port()}/cache", {}
     if kind == "http 500":
         return request.getfixturevalue("webdav").url("failing/cache"), {}
-    if kind == "s3 500":
-        return "s3://bucket-name/team", {"AWS_ENDPOINT_URL": request.getfixturevalue("webdav").url("failing"),
-                                         "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b",
-                                         "AWS_DEFAULT_REGION": "us-east-1"}
-    if kind == "s3 down":
-        return "s3://bucket-name/team", {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}",
-                                         "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b",
-                                         "AWS_DEFAULT_REGION": "us-east-1"}
-    port = request.getfixturevalue("silent_server").port
     if kind == "http hangs":
-        return f"http://127.0.0.1:{port}/cache", {remote_cache.TIMEOUT_ENV: "1"}
-    return "s3://bucket-name/team", {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", remote_cache.TIMEOUT_ENV: "1",
-                                     "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b",
-                                     "AWS_DEFAULT_REGION": "us-east-1"}
+        return f"http://127.0.0.1:{request.getfixturevalue('silent_server').port}/cache", {remote_cache.TIMEOUT_ENV: "1"}
+    endpoint = {"s3 down": lambda: f"http://127.0.0.1:{closed_port()}",
+                "s3 500": lambda: request.getfixturevalue("webdav").url("failing"),
+                "s3 hangs": lambda: f"http://127.0.0.1:{request.getfixturevalue('silent_server').port}"}[kind]()
+    return "s3://bucket-name/team", {**S3_ELSEWHERE, "AWS_ENDPOINT_URL": endpoint, remote_cache.TIMEOUT_ENV: "1"}
 
 
 @pytest.mark.parametrize("kind", ["down", "http 500", "http hangs", "s3 down", "s3 500", "s3 hangs"])
@@ -287,7 +288,7 @@ def test_unusable_server_gives_one_warning_and_a_local_build(tmp_path, kind, req
     for variable, value in environ.items():
         monkeypatch.setenv(variable, value)
     key, ingredients = key_and_ingredients
-    the_remote = remote(url, **{remote_cache.TIMEOUT_ENV: environ.get(remote_cache.TIMEOUT_ENV, "5")})
+    the_remote = remote(url, **environ)
     capsys.readouterr()
     started = time.monotonic()
     status, first = run_step(tmp_path, "one", key, the_remote, ingredients=ingredients)

@@ -200,7 +200,8 @@ def cached_run(stage: str, key: str, outputs, run, log=print, ingredients: dict 
     """Restore `outputs` from the cache entry for `key` ("hit"), or call `run()` to make them and store
     them ("miss"). Looks in the local tier (`root`, default cache_root()), then in the remote tier (`remote`, a
     pipeline.core.remote_cache.Remote; default: the one $PIPELINE_CACHE_URL names, if any), whose entry is first
-    downloaded into the local tier and verified. A miss stores the outputs locally, then publishes them remotely.
+    downloaded into the local tier and verified. A miss stores the outputs locally, then publishes them remotely;
+    a local hit publishes the entry when the remote lacks it.
     A corrupt or incomplete entry is reported on stderr and treated as a miss; a failing remote is reported once
     and skipped. `ingredients` (from key_ingredients) is stored in the manifest to explain the key."""
     outputs = [Path(o) for o in outputs]
@@ -213,6 +214,8 @@ def cached_run(stage: str, key: str, outputs, run, log=print, ingredients: dict 
     stage_dir = Path(root if root is not None else cache_root()) / stage
     entry = stage_dir / key
     if _restore_entry(stage, key, entry, outputs, log, str(entry)):
+        if remote is not None:
+            remote.share(key, entry)
         return "hit"
     if remote is not None and remote.fetch(stage, key, stage_dir) and \
             _restore_entry(stage, key, entry, outputs, log, f"{remote.url} (via {entry})"):

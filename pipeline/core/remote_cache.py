@@ -256,6 +256,20 @@ class Remote:
         except RemoteError as error:
             self._give_up(error)
 
+    def share(self, key: str, entry: Path) -> None:
+        """After a local hit: publish the local entry if the remote lacks it (a cache warmed before the remote
+        was set up, or by a read-only build)."""
+        if self.readonly or not self.usable:
+            return
+        try:
+            if self.store.exists(f"{MANIFESTS}/{key}"):
+                return
+        except RemoteError as error:
+            self._give_up(error)
+            return
+        manifest = json.loads((entry / cache.MANIFEST).read_text(encoding="utf-8"))
+        self.publish(key, [entry / cache.FILES / str(n) for n in range(len(manifest["outputs"]))], manifest)
+
     def _put_manifest(self, key: str, manifest: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / cache.MANIFEST
