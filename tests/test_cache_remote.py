@@ -382,3 +382,28 @@ def test_second_clone_restores_training_and_tuning_from_the_remote(webdav, smoke
     first, second = (provenance.artifact_digests(clones[name] / "build") for name in ("first", "second"))
     assert any(path.endswith("cifar.pth") for path in first) and any(path.endswith("profile_tuned.yml") for path in first)
     assert not provenance.tree_differences(first, second, names=("first clone", "second clone"))
+
+
+def test_doit_build_with_an_unreachable_remote_warns_once_and_succeeds(tmp_path):
+    from test_cache import doit_checkout
+
+    url = f"http://127.0.0.1:{closed_port()}/cache"
+    env = dict(os.environ, PIPELINE_CACHE_DIR=str(tmp_path / "cache"), RUN_LOG=str(tmp_path / "runs.txt"),
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent), PIPELINE_CACHE_URL=url)
+    env.pop("FAIL", None)
+    result = doit_checkout(tmp_path / "one", "cats", env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "one" / "build" / "m.pth").read_text() == "trained on cats"
+    warnings = [line for line in result.stderr.splitlines() if "not usable" in line]
+    assert len(warnings) == 1 and url in warnings[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_doit_build_with_a_bad_cache_url_names_it(tmp_path):
+    from test_cache import doit_checkout
+
+    env = dict(os.environ, PIPELINE_CACHE_DIR=str(tmp_path / "cache"), RUN_LOG=str(tmp_path / "runs.txt"),
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent), PIPELINE_CACHE_URL="ftp://team/cache")
+    result = doit_checkout(tmp_path / "one", "cats", env)
+    assert result.returncode != 0 and not (tmp_path / "runs.txt").exists()
+    log = result.stdout + result.stderr
+    assert "PIPELINE_CACHE_URL='ftp://team/cache' is not a remote cache address" in log and "Traceback" not in log

@@ -253,8 +253,7 @@ def cached_action(stage: str, action: tuple, code_files, config_subset: dict, in
 
 
 def run_cached_action(stage, action, code_files, config_subset, input_files, libraries, outputs):
-    ingredients = key_ingredients(stage, code_files, config_subset, input_files, package_versions(libraries))
-    key = key_of(ingredients)
+    from doit.exceptions import TaskFailed
 
     def run():
         function, args = action
@@ -265,9 +264,13 @@ def run_cached_action(stage, action, code_files, config_subset, input_files, lib
             raise _StepUnfinished(outcome)
 
     try:
+        ingredients = key_ingredients(stage, code_files, config_subset, input_files, package_versions(libraries))
+        key = key_of(ingredients)
         status = cached_run(stage, key, outputs, run, ingredients=ingredients)
     except _StepUnfinished as unfinished:
         return unfinished.outcome
+    except ValueError as error:  # a missing input, a bad cache setting: one paragraph naming it, no traceback
+        return TaskFailed(f"{stage}: {error}")
     return {"cache": status, "cache_key": key}
 
 
