@@ -96,7 +96,7 @@ def run_step(tmp_path, folder: str, key: str, the_remote, seed: int = 1, ingredi
 
 
 @pytest.fixture
-def key_and_ingredients(sources):
+def key_and_ingredients(sources):  # noqa: F811 - the imported fixture
     ingredients = cache.key_ingredients(**sources)
     return cache.key_of(ingredients), ingredients
 
