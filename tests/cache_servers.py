@@ -109,6 +109,7 @@ http {{
         create_full_put_path on;
         dav_access user:rw group:r all:r;
         location /failing/ {{ return 500; }}
+        location /readonly/ {{ limit_except GET HEAD {{ deny all; }} }}
         location /token/ {{
             if ($http_authorization != "Bearer {token}") {{ return 401; }}
         }}
@@ -123,7 +124,8 @@ http {{
 @contextlib.contextmanager
 def nginx_webdav(folder: Path):
     """nginx serving `folder`/www read-write over WebDAV at /cache/ (also /token/ needing the bearer TOKEN,
-    /netrc/ needing the NETRC_USER login, and /failing/ answering 500 to everything)."""
+    /netrc/ needing the NETRC_USER login, /readonly/ refusing writes with 403, and /failing/ answering 500 to
+    everything)."""
     import base64
 
     why = nginx_missing()

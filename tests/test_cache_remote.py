@@ -268,20 +268,24 @@ S3_ELSEWHERE = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b", "AWS_DEF
 
 
 def unusable_remotes(kind, request):
-    """(url, environment) of a remote cache that is down, answers 500, or hangs."""
+    """(url, environment) of a remote cache that is down, answers 500, hangs, or reads but refuses writes."""
     if kind == "down":
         return f"http://127.0.0.1:{closed_port()}/cache", {}
     if kind == "http 500":
         return request.getfixturevalue("webdav").url("failing/cache"), {}
+    if kind == "http refuses writes":
+        return request.getfixturevalue("webdav").url("readonly/cache"), {}
     if kind == "http hangs":
         return f"http://127.0.0.1:{request.getfixturevalue('silent_server').port}/cache", {remote_cache.TIMEOUT_ENV: "1"}
     endpoint = {"s3 down": lambda: f"http://127.0.0.1:{closed_port()}",
                 "s3 500": lambda: request.getfixturevalue("webdav").url("failing"),
+                "s3 refuses writes": lambda: request.getfixturevalue("webdav").url("readonly"),
                 "s3 hangs": lambda: f"http://127.0.0.1:{request.getfixturevalue('silent_server').port}"}[kind]()
     return "s3://bucket-name/team", {**S3_ELSEWHERE, "AWS_ENDPOINT_URL": endpoint, remote_cache.TIMEOUT_ENV: "1"}
 
 
-@pytest.mark.parametrize("kind", ["down", "http 500", "http hangs", "s3 down", "s3 500", "s3 hangs"])
+@pytest.mark.parametrize("kind", ["down", "http 500", "http hangs", "http refuses writes",
+                                  "s3 down", "s3 500", "s3 hangs", "s3 refuses writes"])
 def test_unusable_server_gives_one_warning_and_a_local_build(tmp_path, kind, request, monkeypatch, capsys,
                                                               key_and_ingredients):
     url, environ = unusable_remotes(kind, request)

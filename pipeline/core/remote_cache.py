@@ -154,7 +154,10 @@ class S3Store:
                           absent_ok=True) is not None
 
     def put(self, name: str, source: Path) -> None:
-        self._call("PUT", name, lambda: self.client.upload_file(str(source), self.bucket, self.prefix + name))
+        def upload():  # one PUT per object (up to 5 GB): the object appears whole or not at all
+            with open(source, "rb") as data:
+                self.client.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data)
+        self._call("PUT", name, upload)
 
     def delete(self, name: str) -> None:
         self._call("DELETE", name, lambda: self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name))
