@@ -411,3 +411,17 @@ def test_doit_build_with_a_bad_cache_url_names_it(tmp_path):
     assert result.returncode != 0 and not (tmp_path / "runs.txt").exists()
     log = result.stdout + result.stderr
     assert "PIPELINE_CACHE_URL='ftp://team/cache' is not a remote cache address" in log and "Traceback" not in log
+
+
+def test_cache_key_listing_shows_the_remote_entries(tmp_path, side, key_and_ingredients, monkeypatch, capsys):
+    key, ingredients = key_and_ingredients
+    run_step(tmp_path, "one", key, remote(side.url), ingredients=ingredients)
+    monkeypatch.setenv(remote_cache.URL_ENV, side.url)
+    capsys.readouterr()
+    cache.print_keys([], root=tmp_path / "empty-local")
+    remote_part = capsys.readouterr().out.split(f"# entries in {side.url}\n")[1]
+    assert remote_part.splitlines() == [f"train {key}"]
+
+    monkeypatch.setenv(remote_cache.URL_ENV, f"http://127.0.0.1:{closed_port()}/cache")
+    cache.print_keys([], root=tmp_path / "empty-local")
+    assert "# (not usable: PROPFIND" in capsys.readouterr().out
