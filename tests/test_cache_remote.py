@@ -333,6 +333,9 @@ def test_bad_settings_are_named(monkeypatch):
         remote_cache.from_url("ftp://x/y", {})
     with pytest.raises(ValueError, match=r"PIPELINE_CACHE_TIMEOUT='soon'.*PIPELINE_CACHE_TIMEOUT=30"):
         remote_cache.from_url("http://127.0.0.1:1/c", {remote_cache.TIMEOUT_ENV: "soon"})
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    with pytest.raises(ValueError, match=r"s3://team-bucket/cache/: the AWS settings .*no-such-profile.*AWS_PROFILE"):
+        remote_cache.from_url("s3://team-bucket/cache", {})
 
 
 # --- the command line on the remote tier ---

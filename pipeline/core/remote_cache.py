@@ -121,10 +121,16 @@ class S3Store:
     def __init__(self, bucket: str, prefix: str, timeout: float):
         import boto3
         from botocore.config import Config
+        from botocore.exceptions import BotoCoreError
 
         self.bucket, self.prefix = bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.client = boto3.session.Session().client("s3", config=Config(
-            connect_timeout=timeout, read_timeout=timeout, retries={"mode": "standard", "max_attempts": 2}))
+        try:
+            self.client = boto3.session.Session().client("s3", config=Config(
+                connect_timeout=timeout, read_timeout=timeout, retries={"mode": "standard", "max_attempts": 2}))
+        except (BotoCoreError, ValueError) as error:  # e.g. an unknown AWS_PROFILE, an empty AWS_DEFAULT_REGION
+            raise ValueError(f"{URL_ENV}=s3://{bucket}/{self.prefix}: the AWS settings do not make an S3 client "
+                             f"({error}); fix AWS_PROFILE / AWS_DEFAULT_REGION / AWS_ENDPOINT_URL, or unset "
+                             f"{URL_ENV}") from error
 
     def _call(self, what: str, name: str, call, absent_ok: bool = False):
         from botocore.exceptions import BotoCoreError, ClientError
