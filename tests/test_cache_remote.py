@@ -327,6 +327,10 @@ def test_http_credentials_from_token_or_netrc(tmp_path, webdav, key_and_ingredie
     run_step(tmp_path, "netrc", key, with_netrc, ingredients=ingredients)
     assert with_netrc.usable and (webdav.www / "netrc" / "c" / "ac" / key).is_file()
 
+    token_over_netrc = remote(webdav.url("token/d"), PIPELINE_CACHE_TOKEN=TOKEN)  # the token wins over .netrc
+    run_step(tmp_path, "both", key, token_over_netrc, ingredients=ingredients)
+    assert token_over_netrc.usable and (webdav.www / "token" / "d" / "ac" / key).is_file()
+
 
 def test_bad_settings_are_named(monkeypatch):
     with pytest.raises(ValueError, match=r"PIPELINE_CACHE_URL='ftp://x/y'.*s3://bucket/prefix"):

@@ -208,7 +208,7 @@ def cached_run(stage: str, key: str, outputs, run, log=print, ingredients: dict 
     if ingredients is not None and key_of(ingredients) != key:
         raise ValueError(f"cache key {key} of stage {stage!r} was not computed from the ingredients given")
     if remote is None:
-        from pipeline.core import remote_cache  # imports boto3/requests only when a remote is configured
+        from pipeline.core import remote_cache  # boto3 is imported only when an s3:// remote is configured
 
         remote = remote_cache.from_environment()
     stage_dir = Path(root if root is not None else cache_root()) / stage

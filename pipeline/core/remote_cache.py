@@ -26,6 +26,8 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import requests
+
 from pipeline.core import cache
 from pipeline.core.provenance import file_sha256
 
@@ -43,21 +45,28 @@ class RemoteError(Exception):
     """The remote store could not be used (unreachable, too slow, refusing, failing)."""
 
 
+class _BearerToken(requests.auth.AuthBase):
+    """`Authorization: Bearer <token>` on every request."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def __call__(self, request):
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        return request
+
+
 class HttpStore:
     """Objects under a base URL: GET/HEAD/PUT/DELETE, and WebDAV PROPFIND to list a folder."""
 
     def __init__(self, url: str, token: str | None, timeout: float):
-        import requests
-
         self.base = url.rstrip("/") + "/"
         self.timeout = timeout
         self.session = requests.Session()  # without a token, requests sends the ~/.netrc login for the host
         if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+            self.session.auth = _BearerToken(token)  # an auth object, so that a netrc entry does not replace it
 
     def _request(self, method: str, name: str, absent_ok: bool = False, **kwargs):
-        import requests
-
         try:
             response = self.session.request(method, self.base + name, timeout=self.timeout, **kwargs)
         except requests.RequestException as error:
@@ -71,8 +80,6 @@ class HttpStore:
         return response
 
     def get(self, name: str, dest: Path) -> bool:
-        import requests
-
         response = self._request("GET", name, absent_ok=True, stream=True)
         if response is None:
             return False
