@@ -73,11 +73,16 @@ class WebDav:
         return f"http://127.0.0.1:{self.port}/{location}"
 
     def _log(self) -> list[list[str]]:
-        """nginx's access log, a line per request: method, status, request body length, response body length."""
+        """nginx's access log, a line per request: method, status, request body length, response body length,
+        path."""
         return [line.split() for line in self.access_log.read_text().splitlines()]
 
     def requests_made(self, method: str) -> int:
         return sum(fields[0] == method for fields in self._log())
+
+    def paths_written(self) -> list[str]:
+        """The path of every successful PUT, in the order the server received them."""
+        return [fields[4] for fields in self._log() if fields[0] == "PUT" and fields[1].startswith("2")]
 
     def transferred(self) -> tuple[int, int]:
         """Bytes received in request bodies (uploads) and sent in response bodies (downloads) so far."""
@@ -93,7 +98,7 @@ pid {state}/nginx.pid;
 error_log {state}/error.log warn;
 events {{ worker_connections 64; }}
 http {{
-    log_format volume '$request_method $status $content_length $body_bytes_sent';
+    log_format volume '$request_method $status $content_length $body_bytes_sent $request_uri';
     access_log {state}/access.log volume;
     client_body_temp_path {state}/body;
     proxy_temp_path {state}/proxy;

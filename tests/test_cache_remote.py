@@ -186,6 +186,15 @@ def test_read_only_run_never_writes(tmp_path, side, key_and_ingredients):
 
 
 @needs_nginx
+def test_blobs_are_written_before_the_manifest(tmp_path, webdav, key_and_ingredients):
+    key, ingredients = key_and_ingredients
+    folder = "/cache/publish-order/"
+    _, step = run_step(tmp_path, "one", key, remote(webdav.url(folder.strip("/"))), ingredients=ingredients)
+    written = [path.removeprefix(folder) for path in webdav.paths_written() if path.startswith(folder)]
+    assert written == [f"cas/{sha(data)}" for data in step.contents] + [f"ac/{key}"]
+
+
+@needs_nginx
 def test_read_only_hit_sends_no_write_request(tmp_path, webdav, key_and_ingredients):
     key, ingredients = key_and_ingredients
     url = webdav.url("cache/read-only-hit")
