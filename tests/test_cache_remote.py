@@ -404,14 +404,31 @@ def test_second_clone_restores_training_and_tuning_from_the_remote(webdav, smoke
     assert not provenance.tree_differences(first, second, names=("first clone", "second clone"))
 
 
+def doit_env(tmp_path, cache_dir: str, **variables) -> dict:
+    """The environment of a doit run of test_cache's small dodo.py, with its own local cache folder."""
+    env = dict(os.environ, PIPELINE_CACHE_DIR=str(tmp_path / cache_dir), RUN_LOG=str(tmp_path / "runs.txt"),
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent), **variables)
+    env.pop("FAIL", None)
+    return env
+
+
+def test_doit_checkouts_share_a_step_through_the_remote(tmp_path, side):
+    """The environment alone (PIPELINE_CACHE_URL, AWS_* for S3) sets the remote up in a real doit run."""
+    from test_cache import doit_checkout
+
+    for checkout in ("one", "two"):
+        result = doit_checkout(tmp_path / checkout, "cats",
+                               doit_env(tmp_path, f"cache-{checkout}", PIPELINE_CACHE_URL=side.url))
+        assert result.returncode == 0 and "not usable" not in result.stderr, result.stdout + result.stderr
+    assert f"from {side.url}" in result.stdout and (tmp_path / "runs.txt").read_text() == "ran\n"
+    assert (tmp_path / "two" / "build" / "m.pth").read_text() == "trained on cats"
+
+
 def test_doit_build_with_an_unreachable_remote_warns_once_and_succeeds(tmp_path):
     from test_cache import doit_checkout
 
     url = f"http://127.0.0.1:{closed_port()}/cache"
-    env = dict(os.environ, PIPELINE_CACHE_DIR=str(tmp_path / "cache"), RUN_LOG=str(tmp_path / "runs.txt"),
-               PYTHONPATH=str(Path(__file__).resolve().parent.parent), PIPELINE_CACHE_URL=url)
-    env.pop("FAIL", None)
-    result = doit_checkout(tmp_path / "one", "cats", env)
+    result = doit_checkout(tmp_path / "one", "cats", doit_env(tmp_path, "cache", PIPELINE_CACHE_URL=url))
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "one" / "build" / "m.pth").read_text() == "trained on cats"
     warnings = [line for line in result.stderr.splitlines() if "not usable" in line]
@@ -421,9 +438,7 @@ def test_doit_build_with_an_unreachable_remote_warns_once_and_succeeds(tmp_path)
 def test_doit_build_with_a_bad_cache_url_names_it(tmp_path):
     from test_cache import doit_checkout
 
-    env = dict(os.environ, PIPELINE_CACHE_DIR=str(tmp_path / "cache"), RUN_LOG=str(tmp_path / "runs.txt"),
-               PYTHONPATH=str(Path(__file__).resolve().parent.parent), PIPELINE_CACHE_URL="ftp://team/cache")
-    result = doit_checkout(tmp_path / "one", "cats", env)
+    result = doit_checkout(tmp_path / "one", "cats", doit_env(tmp_path, "cache", PIPELINE_CACHE_URL="ftp://team/cache"))
     assert result.returncode != 0 and not (tmp_path / "runs.txt").exists()
     log = result.stdout + result.stderr
     assert "PIPELINE_CACHE_URL='ftp://team/cache' is not a remote cache address" in log and "Traceback" not in log
