@@ -2,10 +2,16 @@
 `doit` over the finished graph, and a build in a second fresh clone with the now warm cache (no retraining).
 Also checks that the warm build's artifacts are byte-identical to the cold one's.
 
+With `--remote`, the cache is the remote tier: an nginx WebDAV server started on 127.0.0.1 for the run
+(PIPELINE_CACHE_URL); each clone has its own empty local cache folder, so the cold build publishes and the warm
+one downloads. It also prints the volume uploaded and downloaded (request and response bodies in nginx's log).
+
   python benchmarks/cache_speedup.py                       # configs/smoke.toml and pipeline.toml
   python benchmarks/cache_speedup.py --config configs/smoke.toml --dataset-source /path/to/cifar
+  python benchmarks/cache_speedup.py --config configs/smoke.toml --remote
 """
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -17,7 +23,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
+from cache_servers import nginx_webdav  # noqa: E402
 from pipeline.core import provenance  # noqa: E402
 from pipeline.model.dataset import resolve_source  # noqa: E402
 
@@ -33,17 +41,26 @@ def timed_doit(clone: Path, config: str, tasks: list[str], env: dict) -> tuple[f
     return elapsed, result.stdout
 
 
-def measure(config: str, tasks: list[str], env: dict, workdir: Path) -> dict:
-    cache_dir = workdir / "cache"
-    env = dict(env, PIPELINE_CACHE_DIR=str(cache_dir))
+def measure(config: str, tasks: list[str], env: dict, workdir: Path, server=None) -> dict:
+    """Cold, no-op and warm builds; with `server` (a tests/cache_servers.WebDav), through its remote tier."""
+    cold_env = dict(env, PIPELINE_CACHE_DIR=str(workdir / "cache"))
+    warm_env = cold_env
+    if server is not None:
+        url = server.url(f"cache/{workdir.name}")
+        cold_env = dict(env, PIPELINE_CACHE_DIR=str(workdir / "cold-cache"), PIPELINE_CACHE_URL=url)
+        warm_env = dict(env, PIPELINE_CACHE_DIR=str(workdir / "warm-cache"), PIPELINE_CACHE_URL=url)
     cold_clone = provenance.clone_working_tree(REPO, workdir / "cold")
     warm_clone = provenance.clone_working_tree(REPO, workdir / "warm")
     print(f"[{config}] cold build (empty cache) ...", file=sys.stderr, flush=True)
-    cold, _ = timed_doit(cold_clone, config, tasks, env)
+    cold, _ = timed_doit(cold_clone, config, tasks, cold_env)
+    uploaded = server.transferred() if server is not None else (0, 0)
     print(f"[{config}] no-op build ...", file=sys.stderr, flush=True)
-    noop, _ = timed_doit(cold_clone, config, tasks, env)
-    print(f"[{config}] warm build (fresh clone, warm cache) ...", file=sys.stderr, flush=True)
-    warm, warm_log = timed_doit(warm_clone, config, tasks, env)
+    noop, _ = timed_doit(cold_clone, config, tasks, cold_env)
+    print(f"[{config}] warm build (fresh clone, {'empty local cache, warm remote' if server else 'warm cache'}) ...",
+          file=sys.stderr, flush=True)
+    before_warm = server.transferred() if server is not None else (0, 0)
+    warm, warm_log = timed_doit(warm_clone, config, tasks, warm_env)
+    after_warm = server.transferred() if server is not None else (0, 0)
     warm_files = provenance.artifact_digests(warm_clone / "build")
     differences = provenance.tree_differences(provenance.artifact_digests(cold_clone / "build"), warm_files,
                                               names=("cold build", "warm build"))
@@ -51,7 +68,9 @@ def measure(config: str, tasks: list[str], env: dict, workdir: Path) -> dict:
         print(f"[{config}] {line}", file=sys.stderr)
     hits = sorted(re.findall(r"^(\w+): cache hit", warm_log, re.M))
     return dict(config=config, cold=cold, warm=warm, noop=noop, files=len(warm_files), hits=",".join(hits) or "none",
-                identical="yes" if not differences else f"NO ({len(differences)} files)")
+                identical="yes" if not differences else f"NO ({len(differences)} files)",
+                cold_up=uploaded[0], cold_down=uploaded[1],
+                warm_up=after_warm[0] - before_warm[0], warm_down=after_warm[1] - before_warm[1])
 
 
 def main() -> int:
@@ -62,6 +81,8 @@ def main() -> int:
     parser.add_argument("--dataset-source", help="DATASET_SOURCE for the clones (default: $DATASET_SOURCE, else "
                         "what dataset.source='auto' finds from this checkout, since git-ignored data is not cloned)")
     parser.add_argument("--keep", action="store_true", help="keep the temp clones and cache")
+    parser.add_argument("--remote", action="store_true", help="go through a remote cache (nginx WebDAV on "
+                        "127.0.0.1) with an empty local cache per clone; also prints the transferred volume")
     args = parser.parse_args()
 
     source = args.dataset_source or os.environ.get("DATASET_SOURCE") or resolve_source("auto", REPO)
@@ -70,21 +91,30 @@ def main() -> int:
     print(f"dataset source: {source}", file=sys.stderr)
 
     rows = []
-    for config in args.config or ["configs/smoke.toml", "pipeline.toml"]:
-        workdir = Path(tempfile.mkdtemp(prefix="cache-speedup-"))
-        try:
-            rows.append(measure(config, args.task, env, workdir))
-        finally:
-            if args.keep:
-                print(f"kept {workdir}", file=sys.stderr)
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
+    server_dir = Path(tempfile.mkdtemp(prefix="cache-speedup-server-"))
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(nginx_webdav(server_dir)) if args.remote else None
+        for config in args.config or ["configs/smoke.toml", "pipeline.toml"]:
+            workdir = Path(tempfile.mkdtemp(prefix="cache-speedup-"))
+            try:
+                rows.append(measure(config, args.task, env, workdir, server))
+            finally:
+                if args.keep:
+                    print(f"kept {workdir}", file=sys.stderr)
+                else:
+                    shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(server_dir, ignore_errors=True)
 
     print(f"{'config':<22} {'cold s':>9} {'warm s':>9} {'warm/cold':>10} {'no-op s':>9} {'files':>6}  "
           f"{'warm hits':<12} identical")
     for row in rows:
         print(f"{row['config']:<22} {row['cold']:9.1f} {row['warm']:9.1f} {row['warm'] / row['cold']:10.3f} "
               f"{row['noop']:9.2f} {row['files']:6d}  {row['hits']:<12} {row['identical']}")
+    if args.remote:
+        print(f"\n{'config':<22} {'cold up MB':>11} {'cold down MB':>13} {'warm up MB':>11} {'warm down MB':>13}")
+        for row in rows:
+            print(f"{row['config']:<22} {row['cold_up'] / 1e6:11.3f} {row['cold_down'] / 1e6:13.3f} "
+                  f"{row['warm_up'] / 1e6:11.3f} {row['warm_down'] / 1e6:13.3f}")
     return 0 if all(row["identical"] == "yes" for row in rows) else 1
 
 

@@ -16,6 +16,12 @@ from pipeline.core import cache
 from pipeline.core import provenance
 
 
+@pytest.fixture(autouse=True)
+def no_remote_from_the_shell(monkeypatch):
+    """Tests choose their remote cache themselves: a developer's PIPELINE_CACHE_URL must not leak in."""
+    monkeypatch.delenv("PIPELINE_CACHE_URL", raising=False)
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

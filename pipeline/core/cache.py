@@ -4,12 +4,14 @@ A step's key is a SHA-256 over everything that determines its outputs: its code,
 the content of its inputs and the versions of the libraries that compute it. Entries live in
 `<cache root>/<stage>/<key>/` as `manifest.json` plus `files/<n>` (the n-th output). An entry is built in a
 temp folder beside it and renamed into place whole, so readers never see a half-written one; the manifest
-lists every file's sha256, and a hit restores only after checking them.
+lists every file's sha256, and a hit restores only after checking them. Behind this local tier,
+$PIPELINE_CACHE_URL may name a shared remote one (pipeline/core/remote_cache.py): looked up after the local tier,
+its hits are downloaded into the local tier, and a miss's result is published to both.
 
-Command line (for CI):
-  python -m pipeline.cache keys [--digest]        every valid entry as `stage key`, or one digest of that list
-  python -m pipeline.cache prune --unused-since T drop entries not used since epoch T, and stale temp folders
-  python -m pipeline.cache check                  report incomplete or corrupt entries (exit 1 if any)
+Command line (for CI; `--remote` works on the remote tier instead):
+  python -m pipeline.core.cache keys [--digest]        every valid entry as `stage key`, or one digest of that list
+  python -m pipeline.core.cache prune --unused-since T drop entries not used since epoch T (and stale temp folders)
+  python -m pipeline.core.cache check                  report incomplete or corrupt entries (exit 1 if any)
 `doit cache_key` also prints the keys the current tree and config give train and tune (print_keys).
 """
 import argparse
@@ -118,21 +120,24 @@ def _restore(entry: Path, manifest: dict, outputs: list[Path]) -> None:
                 raise CorruptEntry(f"{entry}: file {FILES}/{index} changed while being restored")
 
 
-def _store(stage_dir: Path, key: str, outputs: list[Path], ingredients) -> None:
-    """Write the entry into a temp folder beside its final place, then rename it there. If another writer
-    got there first with a good entry, keep theirs; a bad entry in the way is moved aside and replaced."""
+def manifest_of(stage: str, key: str, outputs: list[Path], ingredients) -> dict:
+    """The manifest of an entry holding `outputs`: each one's name, size and sha256, and the key's ingredients."""
+    records = [{"name": o.name, "size": o.stat().st_size, "sha256": file_sha256(o)} for o in outputs]
+    return {"format": CACHE_FORMAT, "stage": stage, "key": key, "outputs": records, "ingredients": ingredients}
+
+
+def manifest_text(manifest: dict) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+
+
+def install_entry(stage_dir: Path, key: str, fill) -> None:
+    """Have `fill(tmp)` write an entry (manifest and files/) into a temp folder beside its final place, then
+    rename it there. If another writer got there first with a good entry, keep theirs; a bad entry in the way is
+    moved aside and replaced. Whatever `fill` raises propagates, and nothing is left behind."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=stage_dir))
     try:
-        (tmp / FILES).mkdir()
-        records = []
-        for index, output in enumerate(outputs):
-            stored = tmp / FILES / str(index)
-            shutil.copyfile(output, stored)
-            records.append({"name": output.name, "size": stored.stat().st_size, "sha256": file_sha256(stored)})
-        manifest = {"format": CACHE_FORMAT, "stage": stage_dir.name, "key": key, "outputs": records,
-                    "ingredients": ingredients}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        fill(tmp)
         entry = stage_dir / key
         try:
             os.rename(tmp, entry)
@@ -158,39 +163,76 @@ def _store(stage_dir: Path, key: str, outputs: list[Path], ingredients) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _store(stage_dir: Path, key: str, outputs: list[Path], manifest: dict) -> None:
+    def fill(tmp: Path) -> None:
+        (tmp / FILES).mkdir()
+        for index, (output, record) in enumerate(zip(outputs, manifest["outputs"])):
+            stored = tmp / FILES / str(index)
+            shutil.copyfile(output, stored)
+            if file_sha256(stored) != record["sha256"]:
+                raise OSError(f"{output} changed while being stored")
+        (tmp / MANIFEST).write_text(manifest_text(manifest), encoding="utf-8")
+    install_entry(stage_dir, key, fill)
+
+
+def _restore_entry(stage: str, key: str, entry: Path, outputs: list[Path], log, origin: str) -> bool:
+    """Restore `outputs` from a verified local entry; False (reported) if it is missing, corrupt or another
+    step's."""
+    if not entry.exists():
+        return False
+    try:
+        manifest = _read_manifest(entry)
+        stored_names = [record["name"] for record in manifest["outputs"]]
+        if stored_names != [o.name for o in outputs]:
+            raise CorruptEntry(f"{entry}: holds {stored_names}, not this step's outputs "
+                               f"{[o.name for o in outputs]}")
+        _restore(entry, manifest, outputs)
+    except CorruptEntry as problem:
+        _warn(f"ignoring entry: {problem}")
+        return False
+    _mark_used(entry)
+    log(f"{stage}: cache hit {key[:16]}, restored {', '.join(o.name for o in outputs)} from {origin}")
+    return True
+
+
 def cached_run(stage: str, key: str, outputs, run, log=print, ingredients: dict | None = None,
-               root=None) -> str:
+               root=None, remote=None) -> str:
     """Restore `outputs` from the cache entry for `key` ("hit"), or call `run()` to make them and store
-    them ("miss"). A corrupt or incomplete entry is reported on stderr and treated as a miss.
-    `ingredients` (from key_ingredients) is stored in the manifest to explain the key; `root` defaults
-    to cache_root()."""
+    them ("miss"). Looks in the local tier (`root`, default cache_root()), then in the remote tier (`remote`, a
+    pipeline.core.remote_cache.Remote; default: the one $PIPELINE_CACHE_URL names, if any), whose entry is first
+    downloaded into the local tier and verified. A miss stores the outputs locally, then publishes them remotely;
+    a local hit publishes the entry when the remote lacks it.
+    A corrupt or incomplete entry is reported on stderr and treated as a miss; a failing remote is reported once
+    and skipped. `ingredients` (from key_ingredients) is stored in the manifest to explain the key."""
     outputs = [Path(o) for o in outputs]
     if ingredients is not None and key_of(ingredients) != key:
         raise ValueError(f"cache key {key} of stage {stage!r} was not computed from the ingredients given")
+    if remote is None:
+        from pipeline.core import remote_cache  # boto3 is imported only when an s3:// remote is configured
+
+        remote = remote_cache.from_environment()
     stage_dir = Path(root if root is not None else cache_root()) / stage
     entry = stage_dir / key
-    if entry.exists():
-        try:
-            manifest = _read_manifest(entry)
-            stored_names = [record["name"] for record in manifest["outputs"]]
-            if stored_names != [o.name for o in outputs]:
-                raise CorruptEntry(f"{entry}: holds {stored_names}, not this step's outputs "
-                                   f"{[o.name for o in outputs]}")
-            _restore(entry, manifest, outputs)
-            _mark_used(entry)
-            log(f"{stage}: cache hit {key[:16]}, restored {', '.join(o.name for o in outputs)} from {entry}")
-            return "hit"
-        except CorruptEntry as problem:
-            _warn(f"ignoring entry: {problem}")
+    if _restore_entry(stage, key, entry, outputs, log, str(entry)):
+        if remote is not None:
+            remote.share(key, entry)
+        return "hit"
+    if remote is not None and remote.fetch(stage, key, stage_dir) and \
+            _restore_entry(stage, key, entry, outputs, log, f"{remote.url} (via {entry})"):
+        remote.mark_used(key, entry)
+        return "hit"
     log(f"{stage}: cache miss {key[:16]}, running")
     run()
     missing = [str(o) for o in outputs if not o.is_file()]
     if missing:
         raise ValueError(f"stage {stage!r} ran but did not write its outputs {missing}; fix the stage function")
+    manifest = manifest_of(stage, key, outputs, ingredients)
     try:
-        _store(stage_dir, key, outputs, ingredients)
+        _store(stage_dir, key, outputs, manifest)
     except OSError as error:  # e.g. a read-only shared cache or a full disk: the step itself succeeded
         _warn(f"could not store {stage} {key[:16]} in {stage_dir}: {error}")
+    if remote is not None:
+        remote.publish(key, outputs, manifest)
     return "miss"
 
 
@@ -211,8 +253,7 @@ def cached_action(stage: str, action: tuple, code_files, config_subset: dict, in
 
 
 def run_cached_action(stage, action, code_files, config_subset, input_files, libraries, outputs):
-    ingredients = key_ingredients(stage, code_files, config_subset, input_files, package_versions(libraries))
-    key = key_of(ingredients)
+    from doit.exceptions import TaskFailed
 
     def run():
         function, args = action
@@ -223,9 +264,13 @@ def run_cached_action(stage, action, code_files, config_subset, input_files, lib
             raise _StepUnfinished(outcome)
 
     try:
+        ingredients = key_ingredients(stage, code_files, config_subset, input_files, package_versions(libraries))
+        key = key_of(ingredients)
         status = cached_run(stage, key, outputs, run, ingredients=ingredients)
     except _StepUnfinished as unfinished:
         return unfinished.outcome
+    except ValueError as error:  # a missing input, a bad cache setting: one paragraph naming it, no traceback
+        return TaskFailed(f"{stage}: {error}")
     return {"cache": status, "cache_key": key}
 
 
@@ -245,7 +290,8 @@ def current_keys(actions) -> list[tuple[str, str | None, str]]:
 
 def print_keys(actions, root=None) -> None:
     """For `doit cache_key`: the keys this tree and config give its cached steps (`stage key`, or `stage -`
-    and why when an input is not built yet), then the valid entries in the cache, as `stage key` lines."""
+    and why when an input is not built yet), then the valid entries in the local cache and the entries in the
+    remote one ($PIPELINE_CACHE_URL, when set), as `stage key` lines."""
     root = Path(root if root is not None else cache_root())
     print("# keys of this tree and config (stage key; '-' until the step's inputs are built)")
     for stage, key, why in current_keys(actions):
@@ -253,6 +299,16 @@ def print_keys(actions, root=None) -> None:
     print(f"# valid entries in {root}")
     for stage, key in valid_keys(root):
         print(f"{stage} {key}")
+    from pipeline.core import remote_cache
+
+    remote = remote_cache.from_environment()
+    if remote is not None:
+        print(f"# entries in {remote.url}")
+        try:
+            for stage, key, _ in remote.entries():
+                print(f"{stage} {key}")
+        except remote_cache.RemoteError as error:
+            print(f"# (not usable: {error})")
 
 
 def _mark_used(entry: Path) -> None:
@@ -304,10 +360,42 @@ def prune(root, unused_since: float) -> list[Path]:
     return removed
 
 
+def _remote_main(args) -> int:
+    """keys / check / prune on the remote tier (--url, else $PIPELINE_CACHE_URL)."""
+    from pipeline.core import remote_cache
+
+    url = args.url or os.environ.get(remote_cache.URL_ENV, "")
+    if not url:
+        print(f"--remote needs {remote_cache.URL_ENV} set, or --url URL", file=sys.stderr)
+        return 2
+    remote = remote_cache.from_url(url)
+    try:
+        if args.command == "keys":
+            listing = "".join(f"{stage} {key}\n" for stage, key, _ in remote.entries())
+            print(hashlib.sha256(listing.encode("utf-8")).hexdigest() if args.digest else listing.rstrip("\n"))
+            return 0
+        if args.command == "prune":
+            if remote.readonly:
+                print(f"{remote_cache.READONLY_ENV} is set: not pruning {url}", file=sys.stderr)
+                return 2
+            for name in remote.prune(args.unused_since):
+                print(f"removed {url}/{name}")
+            return 0
+        total, bad = remote.check()
+        print(f"{url}: {total} entries, {bad} bad")
+        return 1 if bad else 0
+    except remote_cache.RemoteError as error:
+        print(f"remote cache {url}: {error}", file=sys.stderr)
+        return 2
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.cache", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.core.cache", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=None,
                         help=f"cache folder (default: ${CACHE_ENV} or the per-user cache)")
+    parser.add_argument("--remote", action="store_true",
+                        help="work on the remote tier instead ($PIPELINE_CACHE_URL, or --url)")
+    parser.add_argument("--url", default=None, help="the remote tier's address for --remote")
     commands = parser.add_subparsers(dest="command", required=True)
     keys = commands.add_parser("keys", help="print `stage key` of every valid entry")
     keys.add_argument("--digest", action="store_true", help="print one sha256 of the key list instead")
@@ -315,6 +403,8 @@ def main(argv=None) -> int:
     drop.add_argument("--unused-since", type=float, required=True, metavar="EPOCH_SECONDS")
     commands.add_parser("check", help="verify every entry; exit 1 if any is incomplete or corrupt")
     args = parser.parse_args(argv)
+    if args.remote:
+        return _remote_main(args)
     root = args.root if args.root is not None else cache_root()
 
     if args.command == "keys":
