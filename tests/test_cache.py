@@ -143,13 +143,17 @@ def test_damaged_entry_is_reported_ignored_and_replaced(tmp_path, sources, capsy
     assert [p.name for p in (root / "train").iterdir()] == [key]  # no temp or moved-aside folders left
 
 
-def test_entry_for_other_outputs_is_not_used(tmp_path, sources, capsys):
+def test_entry_restores_into_renamed_outputs_of_the_same_kinds_only(tmp_path, sources, capsys):
     root, key = tmp_path / "cache", cache.cache_key(**sources)
     first = Step(tmp_path / "a")
     cache.cached_run("train", key, first.outputs, first, log=lambda m: None, root=root)
-    renamed = Step(tmp_path / "b")
+    renamed = Step(tmp_path / "b")  # a renamed project: same files under other names
     renamed.outputs = [renamed.outputs[0].with_name("other.pth"), renamed.outputs[1]]
-    assert cache.cached_run("train", key, renamed.outputs, renamed, log=lambda m: None, root=root) == "miss"
+    assert cache.cached_run("train", key, renamed.outputs, renamed, log=lambda m: None, root=root) == "hit"
+    assert renamed.runs == 0 and renamed.outputs[0].read_bytes() == first.outputs[0].read_bytes()
+    other_kinds = Step(tmp_path / "c")
+    other_kinds.outputs = [other_kinds.outputs[0].with_suffix(".onnx"), other_kinds.outputs[1]]
+    assert cache.cached_run("train", key, other_kinds.outputs, other_kinds, log=lambda m: None, root=root) == "miss"
     assert "not this step's outputs" in capsys.readouterr().err
 
 

@@ -182,8 +182,10 @@ def _restore_entry(stage: str, key: str, entry: Path, outputs: list[Path], log, 
         return False
     try:
         manifest = _read_manifest(entry)
+        # Output paths are not in the key (a renamed project gets the same model), so an entry restores into
+        # this step's outputs in order; it must hold as many files, of the same kinds.
         stored_names = [record["name"] for record in manifest["outputs"]]
-        if stored_names != [o.name for o in outputs]:
+        if [Path(name).suffix for name in stored_names] != [o.suffix for o in outputs]:
             raise CorruptEntry(f"{entry}: holds {stored_names}, not this step's outputs "
                                f"{[o.name for o in outputs]}")
         _restore(entry, manifest, outputs)
