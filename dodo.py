@@ -21,6 +21,7 @@ from pipeline.core.tasks import (code, hold_build_lock, keys, runnable, skip_rea
                             stop_cleanly_on_interrupt)
 from pipeline.model.shapes import count_macs
 from pipeline.core.tools import ToolError
+from pipeline.delivery.run_summary import RunSummaryReporter
 
 try:
     CONFIG = configuration.load(get_var("config", "pipeline.toml"))
@@ -39,6 +40,7 @@ TEST_SPLIT = [str(DATA / "test_images.npy"), str(DATA / "test_labels.npy"), str(
 PTH, ONNX = MODEL / f"{NAME}.pth", MODEL / f"{NAME}.onnx"
 PROFILE, TUNED = QUANT_DIR / "profile.yml", QUANT_DIR / "profile_tuned.yml"
 ACCURACY, INT8_VAL = QUANT_DIR / "accuracy.json", QUANT_DIR / "int8_val_predictions.npy"
+INT8_TEST = QUANT_DIR / "int8_test_predictions.npy"
 BUNDLE_CODE = code("int8.bundle", "int8.graph", "int8.quantize", "int8.profile", "model.shapes") + [
     str(p.relative_to(configuration.ROOT)) for p in sorted((configuration.ROOT / "pipeline" / "int8" / "kernels").iterdir())]
 APP_FILES, ZEPHYR_FILES = ([str(p.relative_to(configuration.ROOT)) for p in sorted((configuration.ROOT / app).rglob("*"))
@@ -46,6 +48,8 @@ APP_FILES, ZEPHYR_FILES = ([str(p.relative_to(configuration.ROOT)) for p in sort
 EVALUATIONS = {"hardening": ["hardening.json", "hardening.md", "hardening.png"],
                "robustness": ["robustness.json", "robustness.md", "robustness.png"],
                "parity": ["parity.json", "parity.md"]}
+# Vendor builds: {step: (output folder in build/<board>/, its ELF relative to that folder)}.
+VENDOR_BUILDS = {"zephyr": ("zephyr", "zephyr/zephyr.elf"), "mcux_sdk": ("mcux", "build/firmware.elf")}
 
 hold_build_lock(BUILD)
 stop_cleanly_on_interrupt()
@@ -53,6 +57,7 @@ DOIT_CONFIG = {
     "dep_file": str(BUILD / ".doit.db"),
     "backend": "sqlite3",
     "verbosity": 2,
+    "reporter": RunSummaryReporter,
     "default_tasks": ["dataset", "train", "export", "profile", "tune", "accuracy", "bundle", "image_inc", "main_c",
                       "firmware", "emulate", "zephyr", "mcux_sdk", "int8_predictions", *EVALUATIONS, "report"],
 }
@@ -101,8 +106,8 @@ def task_train():
     recipe = {k: training[k] for k in (*configuration.RECIPE_KEYS, "seed", "threads", "init_from", "preset")}
     inputs = DATA_FILES + ([training["init_from"]] if training["init_from"] else [])
     outputs = [PTH, MODEL / "metrics.json", MODEL / "training.png"]
-    train_code, settings = code("model.train", "model.evaluation", "model.network", "model.shapes", "core.atomic"), subset(CONFIG, "training",
-                                                                                          "model.channels")
+    train_code = code("model.train", "model.evaluation", "model.network", "model.shapes", "core.atomic", "delivery.plots")
+    settings = subset(CONFIG, "training", "model.channels")
     return {
         "actions": [cached_action(
             "train", stage("model.train:train", data_dir=DATA, out_dir=MODEL, channels=CONFIG["model"]["channels"], **recipe),
@@ -275,8 +280,9 @@ def task_emulate():
         })
 
 
-def sdk_builds(step: str, function: str, out: str, elf: str):
+def sdk_builds(step: str, function: str):
     """zephyr:<board> and mcux_sdk:<board>: the same app built by the vendor flows when the user has them."""
+    out, elf = VENDOR_BUILDS[step]
     for board, spec in BOARDS.items():
         paths = board_paths(board)
         record = paths["skipped"] / f"{step}.txt"
@@ -301,25 +307,29 @@ def sdk_builds(step: str, function: str, out: str, elf: str):
 
 def task_zephyr():
     """West build of zephyr_app/ for the board's Zephyr target (needs ZEPHYR_BASE)."""
-    yield from sdk_builds("zephyr", "zephyr_build", "zephyr", "zephyr/zephyr.elf")
+    yield from sdk_builds("zephyr", "zephyr_build")
 
 
 def task_mcux_sdk():
     """MCUXpresso SDK armgcc build of the same app (needs MCUX_SDK_ROOT)."""
-    yield from sdk_builds("mcux_sdk", "mcux_sdk_build", "mcux", "build/firmware.elf")
+    yield from sdk_builds("mcux_sdk", "mcux_sdk_build")
 
 
 def task_int8_predictions():
-    """The int8 bundle's top-1 on the validation images used for engine parity."""
-    return {
-        "actions": [stage("int8.quantize:int8_predictions_stage", onnx_path=ONNX, profile_path=TUNED, data_dir=DATA,
-                          split="val", max_images=CONFIG["evaluation"]["parity_images"], out_path=INT8_VAL,
-                          network=NAME)],
-        "file_dep": [str(ONNX), str(TUNED), str(DATA / "val_images.npy"), str(DATA / "val_labels.npy")] + BUNDLE_CODE,
-        "targets": [str(INT8_VAL)],
-        "uptodate": [keys(subset(CONFIG, "evaluation.parity_images", "project.name"))],
-        "clean": True,
-    }
+    """The int8 bundle's top-1 on the validation images used for engine parity (val) and on the test images of
+    accuracy.json (test), for the report's confusion matrix."""
+    for split, count, out in (("val", "evaluation.parity_images", INT8_VAL), ("test", "quantization.eval_images", INT8_TEST)):
+        section, key = count.split(".")
+        yield {
+            "name": split,
+            "actions": [stage("int8.quantize:int8_predictions_stage", onnx_path=ONNX, profile_path=TUNED, data_dir=DATA,
+                              split=split, max_images=CONFIG[section][key], out_path=out, network=NAME)],
+            "file_dep": [str(ONNX), str(TUNED), str(DATA / f"{split}_images.npy"), str(DATA / f"{split}_labels.npy")]
+                        + BUNDLE_CODE,
+            "targets": [str(out)],
+            "uptodate": [keys(subset(CONFIG, count, "project.name"))],
+            "clean": True,
+        }
 
 
 def task_hardening():
@@ -328,7 +338,7 @@ def task_hardening():
     return {
         "actions": [stage("evaluations.hardening:run_stage", pth_path=PTH, channels=CONFIG["model"]["channels"], data_dir=DATA,
                           out_dir=REPORTS / "hardening", options=options)],
-        "file_dep": [str(PTH)] + TEST_SPLIT + code("evaluations.hardening", "model.evaluation", "model.network", "model.shapes"),
+        "file_dep": [str(PTH)] + TEST_SPLIT + code("evaluations.hardening", "model.evaluation", "model.network", "model.shapes", "delivery.plots"),
         "targets": [str(REPORTS / "hardening" / f) for f in EVALUATIONS["hardening"]],
         "uptodate": [keys({"options": options, **subset(CONFIG, "model.channels")})],
         "clean": True,
@@ -342,7 +352,7 @@ def task_robustness():
         "actions": [stage("evaluations.robustness:run_stage", pth_path=PTH, channels=CONFIG["model"]["channels"], data_dir=DATA,
                           out_dir=REPORTS / "robustness", transforms=evaluation["robustness_transforms"],
                           epsilons=evaluation["fgsm_epsilons"], max_images=evaluation["robustness_images"])],
-        "file_dep": [str(PTH)] + TEST_SPLIT + code("evaluations.robustness", "model.evaluation", "model.network", "model.shapes"),
+        "file_dep": [str(PTH)] + TEST_SPLIT + code("evaluations.robustness", "model.evaluation", "model.network", "model.shapes", "delivery.plots"),
         "targets": [str(REPORTS / "robustness" / f) for f in EVALUATIONS["robustness"]],
         "uptodate": [keys(subset(CONFIG, "evaluation.robustness_transforms", "evaluation.fgsm_epsilons",
                                  "evaluation.robustness_images", "model.channels"))],
@@ -379,23 +389,29 @@ def board_outputs(board: str) -> list[str]:
 
 
 def task_report():
-    """build/report.md: per board the app note's table beside ours, accuracy, evaluations and plots."""
-    sections = {"Confidence hardening": REPORTS / "hardening" / "hardening.md",
-                "Input-transformation voting and FGSM": REPORTS / "robustness" / "robustness.md",
-                "Engine parity": REPORTS / "parity" / "parity.md"}
-    figures = {"Training curves": MODEL / "training.png",
-               "Confidence hardening": REPORTS / "hardening" / "hardening.png",
-               "Robustness": REPORTS / "robustness" / "robustness.png"}
+    """build/report.html and report.md: summary, model, per board (app note's table, memory map, instructions),
+    evaluations, provenance."""
+    evaluations = {kind: {"summary": REPORTS / kind / f"{kind}.json", "markdown": REPORTS / kind / f"{kind}.md",
+                          **({"figure": REPORTS / kind / f"{kind}.png"} if f"{kind}.png" in files else {})}
+                   for kind, files in EVALUATIONS.items()}
+    vendor_elfs = {step: f"{out}/{elf}" for step, (out, elf) in VENDOR_BUILDS.items()}
+    vendor_files = [str(BUILD / board / vendor_elfs[step]) for board in BOARDS for step in VENDOR_BUILDS
+                    if step not in SKIPS[board]]
+    inputs = {"accuracy_file": ACCURACY, "metrics_file": MODEL / "metrics.json", "training_figure": MODEL / "training.png",
+              "test_labels": DATA / "test_labels.npy", "classes_file": DATA / "classes.json",
+              "int8_test_predictions": INT8_TEST}
     out = BUILD / "report.md"
     return {
         "actions": [stage("delivery.report:report_stage", out_path=out, build_dir=BUILD, boards=list(BOARDS.values()),
                           network=NAME, backend=BACKEND, macs=count_macs(tuple(CONFIG["model"]["channels"])),
-                          accuracy_files={"deployed": ACCURACY, "training": MODEL / "metrics.json"},
-                          sections=sections, figures=figures)],
-        "file_dep": [f for board in BOARDS for f in board_outputs(board)] + [str(ACCURACY), str(MODEL / "metrics.json")]
-                    + [str(p) for p in (*sections.values(), *figures.values())] + code("delivery.report"),
-        "targets": [str(out)],
-        "uptodate": [keys({"backend": BACKEND, "boards": list(BOARDS)})],
+                          eval_images=QUANT["eval_images"], evaluations=evaluations, vendor_elfs=vendor_elfs,
+                          config=CONFIG, repo_dir=configuration.ROOT, **inputs)],
+        "file_dep": [f for board in BOARDS for f in board_outputs(board)] + vendor_files
+                    + [str(p) for p in inputs.values()]
+                    + [str(p) for files in evaluations.values() for p in files.values()]
+                    + code("delivery.report", "delivery.plots") + ["mcux_app/linker.ld.j2"],
+        "targets": [str(out), str(BUILD / "report.html"), str(BUILD / "report_figures")],
+        "uptodate": [keys({"backend": BACKEND, "boards": list(BOARDS), "config": CONFIG})],
         "clean": True,
     }
 
