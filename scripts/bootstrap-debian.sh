@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the firmware stages need, when they are missing.
+# Installs the Debian packages the firmware stages need, when they are missing; with --with-test-tools also
+# what only the tests use (chromium: the browser test renders build/report.html).
 # Without root or apt, prints the exact command to run and fails.
 set -euo pipefail
 packages=(gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)
@@ -7,6 +8,10 @@ missing=()
 command -v arm-none-eabi-gcc >/dev/null || missing+=(gcc-arm-none-eabi)
 [ -f /usr/lib/arm-none-eabi/newlib/libc.a ] || [ -f /usr/lib/arm-none-eabi/lib/libc.a ] || missing+=(libnewlib-arm-none-eabi)
 command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
+if [ "${1:-}" = "--with-test-tools" ]; then
+    packages+=(chromium)
+    command -v chromium >/dev/null || missing+=(chromium)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 cmd="apt-get update && apt-get install -y ${missing[*]}"
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then

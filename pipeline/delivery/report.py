@@ -32,6 +32,8 @@ APP_NOTE_CONSOLE = ("Top1 class = 7 (horse)", "Confidence = 0.999", "Inference t
 FIGURES_DIR = "report_figures"  # beside report.md: the report's own plots
 # The keys a per-layer profile in emulator.json may carry ("layers": [{...}, ...]).
 LAYER_KEYS = ("name", "kind", "macs", "instructions")
+EVALUATION_TITLES = {"hardening": "Confidence hardening", "robustness": "Input-transformation voting and FGSM",
+                     "parity": "Engine parity"}
 PAGE_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 72em; padding: 1em 2em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; }
@@ -313,23 +315,24 @@ def evaluation_meaning(kind: str, summary: dict) -> str:
         return (f"What it means: at FGSM ε={strongest['epsilon']} accuracy falls from {_percent(clean['accuracy'])} "
                 f"to {_percent(strongest['accuracy'])}, and voting over {len(summary['voters'])} copies gives "
                 f"{_percent(strongest['voted_accuracy'])} ({_percent(clean['voted_accuracy'])} on clean images).")
-    if kind == "parity":
-        worst = min(summary["pairs"], key=lambda p: p["top1_agreement"]) if summary["pairs"] else None
-        engines = ", ".join(summary["engines"])
-        return (f"What it means: the float engines ({engines}) " +
-                (f"agree on top-1 for at least {_percent(worst['top1_agreement'])} of {summary['images']:,} images "
-                 f"(largest logit difference {max(p['max_abs_diff'] for p in summary['pairs']):.2g}), so any of them "
-                 f"can stand in for the trained model" if worst else "could not be compared") + ".")
-    raise ValueError(f"unknown evaluation {kind!r}; expected hardening, robustness or parity")
+    worst = min(summary["pairs"], key=lambda p: p["top1_agreement"]) if summary["pairs"] else None  # parity
+    engines = ", ".join(summary["engines"])
+    return (f"What it means: the float engines ({engines}) " +
+            (f"agree on top-1 for at least {_percent(worst['top1_agreement'])} of {summary['images']:,} images "
+             f"(largest logit difference {max(p['max_abs_diff'] for p in summary['pairs']):.2g}), so any of them "
+             f"can stand in for the trained model" if worst else "could not be compared") + ".")
 
 
 def evaluations_section(evaluations: dict, links: dict) -> list[str]:
     lines = ["## Hardening, robustness, parity", ""]
+    unknown = sorted(set(evaluations) - set(EVALUATION_TITLES))
+    if unknown:
+        raise ValueError(f"report evaluations: unknown {unknown}; expected some of {list(EVALUATION_TITLES)}")
     for kind, files in evaluations.items():
-        lines += [f"### {kind.capitalize()}", "", evaluation_meaning(kind, read_json(files["summary"])), "",
+        lines += [f"### {EVALUATION_TITLES[kind]}", "", evaluation_meaning(kind, read_json(files["summary"])), "",
                   Path(files["markdown"]).read_text(encoding="utf-8").strip(), ""]
         if kind in links:
-            lines += [f"![{kind.capitalize()}]({links[kind]})", ""]
+            lines += [f"![{EVALUATION_TITLES[kind]}]({links[kind]})", ""]
     return lines
 
 
