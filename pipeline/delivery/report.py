@@ -306,10 +306,10 @@ def evaluation_meaning(kind: str, summary: dict) -> str:
     """One sentence saying what an evaluation's figures mean for the user."""
     if kind == "hardening":
         worst = min(summary["options"], key=lambda o: o["top1_agreement"])
-        return (f"What it means: every hardening option keeps the answer (top-1) on at least "
-                f"{_percent(worst['top1_agreement'])} of images ({worst['label']} is the lowest) while moving a "
-                f"reported confidence by up to {max(o['max_abs_change'] for o in summary['options']):.3f}: it blurs "
-                f"the scores an attacker can read, not the decisions.")
+        return (f"What it means: with hardening on, the firmware's answer (top-1) stays the same on at least "
+                f"{_percent(worst['top1_agreement'])} of images ({worst['label']} is the lowest) while a reported "
+                f"confidence moves by up to {max(o['max_abs_change'] for o in summary['options']):.3f}: the scores an "
+                f"attacker can read are blurred at that cost in answers.")
     if kind == "robustness":
         clean, strongest = summary["results"][0], summary["results"][-1]
         return (f"What it means: at FGSM ε={strongest['epsilon']} accuracy falls from {_percent(clean['accuracy'])} "
