@@ -162,12 +162,6 @@ def confusion_matrix(labels, predictions, classes: int) -> np.ndarray:
     return np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
 
 
-def git_commit_and_tools(repo_dir) -> tuple[str, dict]:
-    from pipeline.delivery.release import git_commit, tool_versions
-
-    return git_commit(repo_dir), tool_versions()
-
-
 def config_digest(config: dict) -> str:
     from pipeline.core.cache import canonical_json
 
@@ -336,11 +330,10 @@ def evaluations_section(evaluations: dict, links: dict) -> list[str]:
     return lines
 
 
-def provenance_section(commit: str, digest: str, tools: dict, cache_outcomes: dict) -> list[str]:
+def provenance_section(commit: str, digest: str, tools: dict) -> list[str]:
     rows = [("Commit", f"`{commit}`"), ("Config digest (SHA-256)", f"`{digest}`"), ("Python", tools["python"]),
             *((f"Python package {name}", version) for name, version in tools["packages"].items()),
-            *((name, version) for name, version in tools["tools"].items()),
-            *((f"Step cache: {stage}", outcome) for stage, outcome in sorted(cache_outcomes.items()))]
+            *((name, version) for name, version in tools["tools"].items())]
     return ["## Provenance", "", *_table(("", ""), rows)]
 
 
@@ -388,8 +381,7 @@ def render_html(markdown_text: str, base_dir, title: str) -> str:
 
 def report_stage(out_path, *, build_dir, boards: list[dict], network: str, backend: str, macs: int,
                  accuracy_file, metrics_file, training_figure, test_labels, classes_file, int8_test_predictions,
-                 eval_images: int, evaluations: dict, vendor_elfs: dict[str, str], config: dict, repo_dir,
-                 cache_outcomes: dict[str, str] | None = None) -> None:
+                 eval_images: int, evaluations: dict, vendor_elfs: dict[str, str], config: dict, repo_dir) -> None:
     """build/report.md and build/report.html (beside out_path, same stem), plus build/report_figures/.
 
     Reads, per board, what its steps left in build/<board>/ (firmware.elf, bundle/<network>.h, emulator.json,
@@ -397,8 +389,9 @@ def report_stage(out_path, *, build_dir, boards: list[dict], network: str, backe
     build/<board>/}, when they exist); accuracy.json, metrics.json, the training plot; the int8 bundle's top-1 on
     the test split (int8_test_predictions, .npy, for the `eval_images` class-balanced subset as accuracy.json) with
     the test labels and classes.json; evaluations {"hardening"|"robustness"|"parity": {"summary": JSON,
-    "markdown": file, "figure": PNG (optional)}}. Provenance: the config's digest, repo_dir's git commit, tool
-    versions and `cache_outcomes` ({step: "restored from the step cache" | ...}) when given."""
+    "markdown": file, "figure": PNG (optional)}}. Provenance: the config's digest, repo_dir's git commit and the
+    tool versions (as in the release manifest)."""
+    from pipeline.delivery.release import git_commit, tool_versions
     from pipeline.model.evaluation import balanced_subset
 
     build_dir, out_path = Path(build_dir), Path(out_path)
@@ -440,8 +433,7 @@ def report_stage(out_path, *, build_dir, boards: list[dict], network: str, backe
                           {"training": link(training_figure), "confusion": f"{FIGURES_DIR}/confusion.png"})
     evaluation_lines = evaluations_section(evaluations, {kind: link(files["figure"])
                                                          for kind, files in evaluations.items() if files.get("figure")})
-    commit, tools = git_commit_and_tools(repo_dir)
-    provenance = provenance_section(commit, config_digest(config), tools, cache_outcomes or {})
+    provenance = provenance_section(git_commit(repo_dir), config_digest(config), tool_versions())
     text = render_report(network=network, backend=backend, macs=macs, entries=entries, accuracy=accuracy,
                          model=model, evaluations=evaluation_lines, provenance=provenance, board_figures=board_figures)
     write_text(out_path, text)
