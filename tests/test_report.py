@@ -150,7 +150,9 @@ def test_plots_are_byte_identical_when_redrawn(tmp_path):
     for name in ("first", "second"):
         plots.memory_map_plot(regions, tmp_path / f"{name}_memory.png", "memory")
         plots.confusion_matrix_plot(matrix, [f"c{i}" for i in range(10)], tmp_path / f"{name}_confusion.png", "cm")
-    for kind in ("memory", "confusion"):
+        plots.bar_plot(["conv1", "conv2", "fc"], [1_300_000, 9_000_000, 40_000], tmp_path / f"{name}_layers.png",
+                       title="layers", xlabel="instructions")
+    for kind in ("memory", "confusion", "layers"):
         assert (tmp_path / f"first_{kind}.png").read_bytes() == (tmp_path / f"second_{kind}.png").read_bytes()
         assert_not_blank((tmp_path / f"first_{kind}.png").read_bytes())
 
@@ -319,3 +321,13 @@ def test_confusion_matrix_agrees_with_the_measured_int8_accuracy(smoke_build, pa
     correct = sum(n * float(r[2].rstrip("%")) / 100 for n, r in zip(images, rows))
     assert sum(images) == accuracy["images"]
     assert correct / sum(images) == pytest.approx(accuracy["int8_tuned_accuracy"], abs=1e-4)
+
+
+def test_vendor_build_sizes_are_read_from_their_elf(smoke_build):
+    """A vendor build's ELF (here the bare-metal one stands in for it) gets its own flash and SRAM row."""
+    elf = smoke_build / "build" / "rt1060" / "firmware.elf"
+    entry = report.board_entry(load_board("rt1060"), "cifar", vendor_elfs={"zephyr": elf})
+    sections = readelf_sections(elf)
+    flash = sum(s["size"] for s in sections if s["type"] != "NOBITS")
+    sram = sum(s["size"] for s in sections if s["write"])
+    assert row(report.board_section(entry, MACS), "zephyr")[1:] == [bytes_cell(flash), bytes_cell(sram)]
