@@ -10,6 +10,7 @@ run: bootstrap
 	$(VENV)/bin/doit $(DOIT_ARGS)
 
 test: bootstrap
+	@scripts/bootstrap-debian.sh --with-test-tools
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bootstrap: $(STAMP)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from doit import get_var
 
+from pipeline.delivery.run_summary import RunSummaryReporter  # first: its clock includes loading the graph
 from pipeline.core import config as configuration
-from pipeline.core.layout import EVALUATION_FILES, Layout
+from pipeline.core.layout import EVALUATION_FILES, VENDOR_ELFS, Layout
 from pipeline.core.tasks import hold_build_lock, skip_reason, stage, step, stop_cleanly_on_interrupt
 from pipeline.core.tools import ToolError
 from pipeline.firmware.emulator import require_emulator
@@ -44,6 +45,7 @@ DOIT_CONFIG = {
     "dep_file": str(LAYOUT.build / ".doit.db"),
     "backend": "sqlite3",
     "verbosity": 2,
+    "reporter": RunSummaryReporter,
     "default_tasks": ["dataset", "train", "export", "profile", "tune", "accuracy", "bundle", "image_inc", "main_c",
                       "firmware", "emulate", "zephyr", "mcux_sdk", "int8_predictions", *EVALUATION_FILES, "report"],
 }
@@ -156,33 +158,35 @@ def task_emulate():
                    hardening=FIRMWARE["hardening"].get(board.board))
 
 
-def vendor_builds(step_name: str, function: str, folder: str, elf: str):
+def vendor_builds(step_name: str, function: str):
     """zephyr:<board> and mcux_sdk:<board>: the same app built by the vendor flows when the user has them."""
     for board in BOARDS:
-        out_dir = getattr(board, folder)
         yield step(f"firmware.vendor:{function}", subtask=board.board,
                    skip=SKIPS[board.board].get(step_name), record=board.skip_record(step_name),
                    inputs=[board.main_c, board.image_inc, board.object, board.board_file, *board.bundle_files],
-                   outputs=[out_dir / elf], board=board.spec, source_dir=board.source, bundle_dir=board.bundle,
-                   network=NAME, hardening=bool(FIRMWARE["hardening"].get(board.board)),
-                   **{"build_dir" if step_name == "zephyr" else "out_dir": out_dir})
+                   outputs=[board.vendor_elf(step_name)], board=board.spec, source_dir=board.source,
+                   bundle_dir=board.bundle, network=NAME, hardening=bool(FIRMWARE["hardening"].get(board.board)),
+                   **{"build_dir" if step_name == "zephyr" else "out_dir": board.vendor_dir(step_name)})
 
 
 def task_zephyr():
     """West build of zephyr_app/ for the board's Zephyr target (needs ZEPHYR_BASE)."""
-    yield from vendor_builds("zephyr", "zephyr_build", "zephyr", "zephyr/zephyr.elf")
+    yield from vendor_builds("zephyr", "zephyr_build")
 
 
 def task_mcux_sdk():
     """MCUXpresso SDK armgcc build of the same app (needs MCUX_SDK_ROOT)."""
-    yield from vendor_builds("mcux_sdk", "mcux_sdk_build", "mcux", "build/firmware.elf")
+    yield from vendor_builds("mcux_sdk", "mcux_sdk_build")
 
 
 def task_int8_predictions():
-    """The int8 bundle's top-1 on the validation images used for engine parity."""
-    return step("int8.quantize:int8_predictions_stage", cached=True, inputs=[LAYOUT.onnx, LAYOUT.tuned, *LAYOUT.split("val")],
-                outputs=[LAYOUT.int8_val], onnx_path=LAYOUT.onnx, profile_path=LAYOUT.tuned, data_dir=LAYOUT.data,
-                split="val", max_images=EVALUATION["parity_images"], out_path=LAYOUT.int8_val, network=NAME)
+    """The int8 bundle's top-1 on the validation images of engine parity (val) and on the test images of
+    accuracy.json (test, for the report's confusion matrix)."""
+    for split, count in (("val", EVALUATION["parity_images"]), ("test", QUANT["eval_images"])):
+        yield step("int8.quantize:int8_predictions_stage", cached=True, subtask=split,
+                   inputs=[LAYOUT.onnx, LAYOUT.tuned, *LAYOUT.split(split)], outputs=[LAYOUT.int8_predictions(split)],
+                   onnx_path=LAYOUT.onnx, profile_path=LAYOUT.tuned, data_dir=LAYOUT.data, split=split,
+                   max_images=count, out_path=LAYOUT.int8_predictions(split), network=NAME)
 
 
 def task_hardening():
@@ -203,29 +207,31 @@ def task_robustness():
 
 def task_parity():
     """PyTorch vs ONNX Runtime vs OpenCV DNN on the validation images, and the int8 bundle against each."""
-    return step("evaluations.parity:run_stage", cached=True, inputs=[LAYOUT.pth, LAYOUT.onnx, LAYOUT.int8_val,
+    return step("evaluations.parity:run_stage", cached=True, inputs=[LAYOUT.pth, LAYOUT.onnx, LAYOUT.int8_predictions("val"),
                                                         *LAYOUT.split("val")],
                 outputs=LAYOUT.evaluation_files("parity"), pth_path=LAYOUT.pth, channels=CHANNELS,
                 onnx_path=LAYOUT.onnx, data_dir=LAYOUT.data, out_dir=LAYOUT.evaluation("parity"),
-                max_images=EVALUATION["parity_images"], int8_predictions_path=LAYOUT.int8_val)
+                max_images=EVALUATION["parity_images"], int8_predictions_path=LAYOUT.int8_predictions("val"))
 
 
 def task_report():
-    """build/report.md: per board the app note's table beside ours, accuracy, evaluations and plots."""
-    sections = {"Confidence hardening": LAYOUT.evaluation("hardening") / "hardening.md",
-                "Input-transformation voting and FGSM": LAYOUT.evaluation("robustness") / "robustness.md",
-                "Engine parity": LAYOUT.evaluation("parity") / "parity.md"}
-    figures = {"Training curves": LAYOUT.model / "training.png",
-               "Confidence hardening": LAYOUT.evaluation("hardening") / "hardening.png",
-               "Robustness": LAYOUT.evaluation("robustness") / "robustness.png"}
-    metrics = LAYOUT.model / "metrics.json"
+    """build/report.html and report.md: summary, model, per board (app note's table, memory map, instructions),
+    evaluations, provenance."""
+    evaluations = {kind: dict(zip(("summary", "markdown", "figure"), LAYOUT.evaluation_files(kind)))
+                   for kind in EVALUATION_FILES}
+    vendor_files = [board.vendor_elf(step_name) for board in BOARDS for step_name in VENDOR_ELFS
+                    if step_name not in SKIPS[board.board]]
+    named = {"accuracy_file": LAYOUT.accuracy, "metrics_file": LAYOUT.metrics, "training_figure": LAYOUT.training_plot,
+             "test_labels": LAYOUT.split("test")[1], "classes_file": LAYOUT.classes,
+             "int8_test_predictions": LAYOUT.int8_predictions("test")}
     board_files = [f for board in BOARDS for f in board.deliverables(SKIPS[board.board])]
     return step("delivery.report:report_stage",
-                inputs=[*board_files, LAYOUT.accuracy, metrics, *sections.values(), *figures.values()],
-                outputs=[LAYOUT.report], out_path=LAYOUT.report, build_dir=LAYOUT.build,
+                inputs=[*board_files, *vendor_files, *named.values(),
+                        *(f for files in evaluations.values() for f in files.values())],
+                outputs=LAYOUT.report, out_path=LAYOUT.report[0], build_dir=LAYOUT.build,
                 boards=[board.spec for board in BOARDS], network=NAME, backend=BACKEND,
-                macs=count_macs(tuple(CHANNELS)),
-                accuracy_files={"deployed": LAYOUT.accuracy, "training": metrics}, sections=sections, figures=figures)
+                macs=count_macs(tuple(CHANNELS)), eval_images=QUANT["eval_images"], evaluations=evaluations,
+                vendor_elfs=VENDOR_ELFS, config=CONFIG, repo_dir=Path("."), **named)
 
 
 def task_release():

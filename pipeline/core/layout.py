@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATASET_ARRAYS = tuple(f"{split}_{kind}.npy" for split in ("train", "val", "test") for kind in ("images", "labels"))
+# The vendor flows' ELF of a board, relative to build/<board>/, by step.
+VENDOR_ELFS = {"zephyr": "zephyr/zephyr/zephyr.elf", "mcux_sdk": "mcux/build/firmware.elf"}
 EVALUATION_FILES = {"hardening": ("hardening.json", "hardening.md", "hardening.png"),
                     "robustness": ("robustness.json", "robustness.md", "robustness.png"),
                     "parity": ("parity.json", "parity.md")}
@@ -88,13 +90,12 @@ class BoardLayout:
     def emulator_outputs(self) -> list[Path]:
         return [self.root / "emulator.log", self.root / "emulator.json"]
 
-    @property
-    def mcux(self) -> Path:
-        return self.root / "mcux"
+    def vendor_dir(self, step: str) -> Path:
+        """The folder a vendor flow (a key of VENDOR_ELFS) builds in."""
+        return self.root / Path(VENDOR_ELFS[step]).parts[0]
 
-    @property
-    def zephyr(self) -> Path:
-        return self.root / "zephyr"
+    def vendor_elf(self, step: str) -> Path:
+        return self.root / VENDOR_ELFS[step]
 
     def skip_record(self, step: str) -> Path:
         return self.root / "skipped" / f"{step}.txt"
@@ -151,8 +152,16 @@ class Layout:
         return self.model / f"{self.network}.pth"
 
     @property
+    def metrics(self) -> Path:
+        return self.model / "metrics.json"
+
+    @property
+    def training_plot(self) -> Path:
+        return self.model / "training.png"
+
+    @property
     def training(self) -> list[Path]:
-        return [self.pth, self.model / "metrics.json", self.model / "training.png"]
+        return [self.pth, self.metrics, self.training_plot]
 
     @property
     def onnx(self) -> Path:
@@ -192,9 +201,9 @@ class Layout:
     def accuracy(self) -> Path:
         return self.quant / "accuracy.json"
 
-    @property
-    def int8_val(self) -> Path:
-        return self.quant / "int8_val_predictions.npy"
+    def int8_predictions(self, split: str) -> Path:
+        """The deployed int8 bundle's top-1 on a split: val for engine parity, test for the confusion matrix."""
+        return self.quant / f"int8_{split}_predictions.npy"
 
     # evaluations, report, release
     def evaluation(self, kind: str) -> Path:
@@ -204,8 +213,9 @@ class Layout:
         return [self.evaluation(kind) / f for f in EVALUATION_FILES[kind]]
 
     @property
-    def report(self) -> Path:
-        return self.build / "report.md"
+    def report(self) -> list[Path]:
+        """The report in words (report.md, first), as one page (report.html), and its plots' folder."""
+        return [self.build / "report.md", self.build / "report.html", self.build / "report_figures"]
 
     def release(self, version: str) -> Path:
         return self.build / "release" / f"{self.network}-{version}.tar.gz"
@@ -216,7 +226,7 @@ class Layout:
     def release_files(self, boards: list[BoardLayout], skips: dict[str, dict]) -> dict[str, Path]:
         """{name inside the archive: file} of every deliverable that was built (no logs, no skip records)."""
         files = [*self.training, self.onnx, *self.test_data_files, self.profile, self.tuned, self.accuracy,
-                 self.report]
+                 *self.report[:2]]
         for board in boards:
             files += [f for f in board.deliverables(skips[board.board])
                       if f.parent.name != "skipped" and f.suffix != ".log"]

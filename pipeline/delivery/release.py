@@ -27,7 +27,7 @@ MANIFEST = "MANIFEST.json"
 ARCHIVE_SUFFIX = ".tar.gz"
 # The pinned dependencies of pyproject.toml.
 PYTHON_PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "pillow", "jinja2", "pyyaml", "matplotlib", "tqdm",
-                   "doit", "west")
+                   "doit", "west", "markdown")
 # Tool name -> command printing its version. Glow's tools are looked up under $GLOW_BIN as well as PATH.
 # name: (command, the variable naming its folder, as the stages that run it look it up)
 TOOLS = {

@@ -1,11 +1,26 @@
-"""build/report.md: per board, the app note's table (flash, SRAM, answer on the test image, speed) for our build,
-with the note's own figures beside it, plus accuracy, the emulator check and every step that was skipped."""
+"""build/report.md and build/report.html: one report of the whole build, summary first.
+
+The Markdown is the one source: the HTML page is the same text rendered by Python-Markdown, with every picture
+embedded as a PNG data URI (no network, no JavaScript). Sections: a summary table (accuracy, and per board flash,
+SRAM, instructions and the app note's published figures beside them) with every skipped step; the model
+(training curves, recipe, confusion matrix of the deployed int8 model, per-class accuracy, float vs int8); per
+board (the app note's table, memory map, instructions per layer or per inference, the emulator check, vendor
+builds); the hardening, robustness and parity evaluations; provenance. The report's own plots are written to
+build/report_figures/ (pipeline.delivery.plots: same bytes on every rebuild)."""
+import base64
+import hashlib
 import json
+import re
 from pathlib import Path
 
-from pipeline.core.atomic import write_text
-from pipeline.int8.bundle import header_macros
+import numpy as np
+
+from pipeline.core.atomic import atomic_dir, write_text
+from pipeline.core.tools import ARM_INSTALL_HINT, arm_tool, run_tool
+from pipeline.delivery import plots
+from pipeline.firmware.app import MCUX_APP
 from pipeline.firmware.link import firmware_size
+from pipeline.int8.bundle import header_macros
 
 # AN13331's published figures (Glow bundle of its CIFAR-10 model on the EVKs), quoted for comparison.
 APP_NOTE = {
@@ -14,6 +29,21 @@ APP_NOTE = {
     "rt685_hifi4": {"ms": 15},
 }
 APP_NOTE_CONSOLE = ("Top1 class = 7 (horse)", "Confidence = 0.999", "Inference time = 56 (ms)")
+FIGURES_DIR = "report_figures"  # beside report.md: the report's own plots
+# The keys a per-layer profile in emulator.json may carry ("layers": [{...}, ...]).
+LAYER_KEYS = ("name", "kind", "macs", "instructions")
+EVALUATION_TITLES = {"hardening": "Confidence hardening", "robustness": "Input-transformation voting and FGSM",
+                     "parity": "Engine parity"}
+PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 72em; padding: 1em 2em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+td:not(:first-child) { font-variant-numeric: tabular-nums; }
+th { background: #f0f0f0; }
+img { max-width: 100%; display: block; margin: 0.5em 0; }
+h2 { border-bottom: 2px solid #4c72b0; padding-bottom: 0.2em; margin-top: 2em; }
+code, pre { background: #f6f6f6; }
+"""
 
 
 def read_json(path) -> dict:
@@ -26,18 +56,6 @@ def read_json(path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({err}); delete it and rerun the step that writes it") from None
 
 
-def numeric_items(data: dict, prefix: str = "") -> dict[str, float]:
-    """Every number in a (nested) JSON object, keyed by its dotted path, e.g. {"float.accuracy": 0.87}."""
-    out = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(numeric_items(value, f"{name}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = value
-    return out
-
-
 def _bytes(value) -> str:
     return "—" if value is None else f"{value:,} B"
 
@@ -46,11 +64,185 @@ def _cell(value, fmt="{}") -> str:
     return "—" if value is None else fmt.format(value)
 
 
-def board_section(entry: dict, macs: int) -> str:
-    """Markdown for one board. entry: {"board": board dict, "size": firmware_size() or None,
-    "bundle": {"CONSTANT_MEM_SIZE": .., "MUTABLE_MEM_SIZE": .., "ACTIVATIONS_MEM_SIZE": ..} or None,
-    "emulator": emulate_and_check() summary or None, "skipped": {step: reason}}."""
-    board = entry["board"]
+def _percent(value) -> str:
+    return _cell(value, "{:.2%}")
+
+
+def _table(header, rows) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows), ""]
+
+
+def _skip_text(reason: str) -> str:
+    return reason if reason.startswith("skipped") else "skipped: " + reason
+
+
+# ---- what the report reads ----------------------------------------------------------------------------------
+
+def linker_section_kinds(template=MCUX_APP / "linker.ld.j2") -> dict[str, str]:
+    """{output section: what it holds} from the linker script template, whose `> {{ placement.<kind> }}`
+    says where each section goes (code, weights, data, activations, stack)."""
+    text = Path(template).read_text(encoding="utf-8")
+    body = r"\{(?:[^{}]|\{\{[^}]*\}\})*\}"  # a section's braces, which may hold {{ template expressions }}
+    pairs = re.findall(rf"^\s*(\.[\w.]+)\s*(?:\(NOLOAD\))?\s*:\s*{body}\s*>\s*\{{\{{\s*placement\.(\w+)\s*\}}\}}",
+                       text, flags=re.MULTILINE)
+    if not pairs:
+        raise ValueError(f"{template}: no output sections of the form `.name : {{ ... }} > {{{{ placement.kind }}}}`")
+    return dict(pairs)
+
+
+def memory_map(board: dict, elf) -> list[dict]:
+    """Per region of the board's [memory]: [{"name", "size", "segments": {kind: bytes, ..., "free": bytes}}],
+    from the ELF's section sizes and addresses (arm-none-eabi-size -A)."""
+    kinds = linker_section_kinds()
+    output = run_tool([arm_tool("size"), "-A", "-d", Path(elf).resolve()], ARM_INSTALL_HINT).stdout
+    regions = {name: {"name": name, "size": r["length"], "segments": dict.fromkeys(kinds.values(), 0)}
+               for name, r in board["memory"].items()}
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) != 3 or fields[0] not in kinds:
+            continue
+        name, size, address = fields[0], int(fields[1]), int(fields[2])
+        region = next((n for n, r in board["memory"].items() if r["origin"] <= address < r["origin"] + r["length"]),
+                      None)
+        if region is None and size:
+            raise ValueError(f"{elf}: section {name} at {address:#x} is in no region of boards/{board['name']}.toml "
+                             f"[memory]; relink it (doit firmware:{board['name']})")
+        if region:
+            regions[region]["segments"][kinds[name]] += size
+    for region in regions.values():
+        region["segments"]["free"] = region["size"] - sum(region["segments"].values())
+    return list(regions.values())
+
+
+def emulator_layers(emulator: dict, source) -> list[dict] | None:
+    """The per-layer profile in emulator.json, if the firmware wrote one: [{"name", "kind", "macs",
+    "instructions"}] in execution order."""
+    layers = emulator.get("layers")
+    if layers is None:
+        return None
+    for index, layer in enumerate(layers):
+        missing = [key for key in LAYER_KEYS if key not in layer]
+        if missing:
+            raise ValueError(f"{source}: layers[{index}] lacks {missing}; each layer needs {list(LAYER_KEYS)}. "
+                             f"Rebuild it (doit emulate)")
+    return layers
+
+
+def board_entry(board: dict, network: str, *, elf=None, header=None, emulator_json=None,
+                skipped: dict[str, str] | None = None, vendor_elfs: dict | None = None) -> dict:
+    """Gather one board's figures from its files (any may be None when that step was skipped).
+    vendor_elfs: {flow: ELF of that vendor build}, only the builds that ran."""
+    prefix = network.upper() + "_"
+    macros = header_macros(header) if header else None
+    emulator = read_json(emulator_json) if emulator_json else None
+    return {
+        "board": board,
+        "size": firmware_size(board, elf) if elf else None,
+        "memory": memory_map(board, elf) if elf and "memory" in board else None,
+        "bundle": {k[len(prefix):]: v for k, v in macros.items() if k.startswith(prefix)} if macros else None,
+        "emulator": emulator,
+        "layers": emulator_layers(emulator, emulator_json) if emulator else None,
+        "vendor": {flow: firmware_size(board, path) for flow, path in (vendor_elfs or {}).items()},
+        "skipped": dict(skipped or {}),
+    }
+
+
+def read_skips(folder) -> dict[str, str]:
+    """{step: reason} from the skip records a board's skipped steps left in <build>/<board>/skipped/."""
+    return {p.stem: p.read_text(encoding="utf-8").strip() for p in sorted(Path(folder).glob("skipped/*.txt"))}
+
+
+def confusion_matrix(labels, predictions, classes: int) -> np.ndarray:
+    """counts[true, predicted]."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    if labels.shape != predictions.shape:
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} images; predict the same images "
+                         f"(the same evaluation subset of the test split)")
+    return np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
+
+
+def config_digest(config: dict) -> str:
+    from pipeline.core.cache import canonical_json
+
+    return hashlib.sha256(canonical_json(config, "the config").encode("utf-8")).hexdigest()
+
+
+# ---- Markdown ---------------------------------------------------------------------------------------------
+
+def summary_rows(entries: list[dict], accuracy: dict) -> list[tuple[str, str, str]]:
+    """(figure, this build, AN13331 published) rows: test accuracy, then per board flash, SRAM, instructions
+    per inference and those instructions at the board's clock."""
+    rows = [(f"Test accuracy, float (ONNX Runtime, {accuracy['images']:,} images)",
+             _percent(accuracy["float_accuracy"]), "—"),
+            ("Test accuracy, deployed int8 (host-compiled bundle)", _percent(accuracy["int8_tuned_accuracy"]), "—")]
+    for entry in entries:
+        board, size, emulator = entry["board"], entry["size"], entry["emulator"]
+        note = APP_NOTE.get(board["name"], {})
+        instructions = emulator["instructions_per_inference"] if emulator else None
+        name = board["name"]
+        rows += [(f"{name}: flash (text + data)", _bytes(size and size["flash"]), _bytes(note.get("flash"))),
+                 (f"{name}: SRAM (data + bss)", _bytes(size and size["sram"]), _bytes(note.get("sram"))),
+                 (f"{name}: instructions per inference", _cell(instructions, "{:,}"), "—"),
+                 (f"{name}: ms at {board['cpu_hz'] / 1e6:g} MHz (1 instruction per cycle)",
+                  _cell(instructions and instructions / board["cpu_hz"] * 1e3, "{:.1f} ms"),
+                  _cell(note.get("ms"), "{} ms (measured on the EVK)"))]
+    return rows
+
+
+def summary_section(entries, accuracy) -> list[str]:
+    lines = ["## Summary", "", *_table(("", "This build", "AN13331 (published)"), summary_rows(entries, accuracy))]
+    skips = [f"- {entry['board']['name']} {step}: {_skip_text(reason)}"
+             for entry in entries for step, reason in sorted(entry["skipped"].items())]
+    lines += ["Skipped steps:" if skips else "No step was skipped.", "", *skips, ""]
+    return lines
+
+
+def recipe_words(metrics: dict) -> str:
+    """The training recipe of metrics.json as a sentence."""
+    r = metrics["recipe"]
+    optimizer = {"adam": "Adam", "sgd": "SGD with Nesterov momentum 0.9"}[r["optimizer"]]
+    schedule = {"constant": "constant", "onecycle": "one-cycle schedule peaking at"}[r["schedule"]]
+    options = [f"weight decay {r['weight_decay']:g} on the conv and linear weights" if r["weight_decay"]
+               else "no weight decay",
+               f"random flip and {r['crop_padding']}-pixel crop" if r["augment"] and r["crop_padding"]
+               else "random flip" if r["augment"] else "no augmentation",
+               f"label smoothing {r['label_smoothing']:g}" if r["label_smoothing"] else "no label smoothing",
+               f"the saved weights are a moving average (decay {r['ema_decay']:g})" if r["ema_decay"]
+               else "the saved weights are the last ones"]
+    start = f"starting from {r['init_from']}" if r["init_from"] else "from scratch"
+    return (f"Preset `{r['preset']}`: {optimizer}, {schedule} learning rate {r['lr']:g}, batch {r['batch_size']}, "
+            f"{r['epochs']} epoch{'s' * (r['epochs'] != 1)}; {'; '.join(options)}. Channels "
+            f"{'-'.join(map(str, r['channels']))}, {metrics['train_images']:,} training images, {start}, seed "
+            f"{r['seed']}, {r['threads']} thread{'s' * (r['threads'] != 1)}. Float test accuracy "
+            f"{metrics['test_accuracy']:.2%} on {metrics['test_images']:,} images.")
+
+
+def model_section(metrics, accuracy, matrix, classes, parity, figures: dict) -> list[str]:
+    per_class = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
+    lines = ["## Model", "", f"![Training curves]({figures['training']})", "", recipe_words(metrics), "",
+             f"Confusion matrix of the deployed int8 model on {int(matrix.sum()):,} test images (rows: true class):",
+             "", f"![Confusion matrix, deployed int8]({figures['confusion']})", "",
+             *_table(("Class", "Images", "int8 accuracy"),
+                     [(cls, f"{int(matrix[i].sum()):,}", _percent(per_class[i])) for i, cls in enumerate(classes)]),
+             f"Float vs int8 on the test split: {_percent(accuracy['float_accuracy'])} vs "
+             f"{_percent(accuracy['int8_tuned_accuracy'])} ({accuracy['int8_tuned_minus_float_points']:+.2f} points; "
+             f"untuned ranges: {accuracy['int8_untuned_minus_float_points']:+.2f})."]
+    if parity.get("int8"):
+        agreement = ", ".join(f"{_percent(v)} with {k}" for k, v in parity["int8"]["top1_agreement"].items())
+        lines[-1] += f" On {parity['images']:,} held-out images the int8 bundle's top-1 agrees {agreement}."
+    return lines + [""]
+
+
+def memory_rows(regions: list[dict]) -> list[tuple]:
+    kinds = list(regions[0]["segments"])
+    return [(r["name"], *(_bytes(r["segments"][k]) for k in kinds), _bytes(r["size"])) for r in regions]
+
+
+def board_section(entry: dict, macs: int, figures: dict | None = None) -> str:
+    """Markdown for one board: the app note's table beside ours, memory map, instructions, emulator check,
+    vendor builds, skipped steps. figures: {"memory": link, "layers": link} of the plots that were made."""
+    board, figures = entry["board"], figures or {}
     size, bundle, emulator = entry.get("size"), entry.get("bundle"), entry.get("emulator")
     note = APP_NOTE.get(board["name"], {})
     first = emulator["images"][0] if emulator else None
@@ -74,80 +266,134 @@ def board_section(entry: dict, macs: int) -> str:
          _cell(note.get("ms"), "{} ms (measured on the EVK)")),
     ]
     lines = [f"## {board['description']} (`{board['name']}`)", "",
-             "| | This build | AN13331 (published) |", "|---|---|---|",
-             *(f"| {name} | {ours} | {theirs} |" for name, ours, theirs in rows), ""]
+             *_table(("", "This build", "AN13331 (published)"), rows)]
+    if entry.get("memory"):
+        lines += ["Memory map of the board's RAM build: what each region holds, against its size.", ""]
+        if "memory" in figures:
+            lines += [f"![Memory map, {board['name']}]({figures['memory']})", ""]
+        lines += _table(("Region", *(k for k in entry["memory"][0]["segments"]), "size"), memory_rows(entry["memory"]))
+    if entry.get("layers"):
+        lines += ["Instructions per layer (from the firmware's per-layer profile under the emulator):", ""]
+        if "layers" in figures:
+            lines += [f"![Instructions per layer, {board['name']}]({figures['layers']})", ""]
+        lines += _table(("Layer", "Kind", "MACs", "Instructions", "Instructions per MAC"),
+                        [(l["name"], l["kind"], f"{l['macs']:,}", f"{l['instructions']:,}",
+                          _cell(l["macs"] and l["instructions"] / l["macs"], "{:.3f}")) for l in entry["layers"]])
+    elif emulator:
+        lines += [f"Instructions are measured for the whole inference ({instructions:,}); the firmware reports no "
+                  f"per-layer profile yet.", ""]
     if emulator:
         check = emulator["check"]
         lines += [f"Emulator check: {check['images']} images through the same ELF; top-1 equal to the host-compiled "
                   f"bundle on all {check['top1_equal']}, raw outputs bit-identical on {check['bit_identical']}, "
                   f"largest confidence difference {check['max_confidence_difference']:.2e}.", ""]
-    for step, reason in sorted(entry.get("skipped", {}).items()):
-        lines.append(f"- {step}: {reason if reason.startswith('skipped') else 'skipped: ' + reason}")
+    if entry.get("vendor"):
+        lines += _table(("Vendor build", "Flash (text + data)", "SRAM (data + bss)"),
+                        [(flow, _bytes(s["flash"]), _bytes(s["sram"])) for flow, s in sorted(entry["vendor"].items())])
+    lines += [f"- {step}: {_skip_text(reason)}" for step, reason in sorted(entry.get("skipped", {}).items())]
     if entry.get("skipped"):
         lines.append("")
     return "\n".join(lines)
 
 
-def board_entry(board: dict, network: str, *, elf=None, header=None, emulator_json=None,
-                skipped: dict[str, str] | None = None) -> dict:
-    """Gather one board's figures from its files (any may be None when that step was skipped)."""
-    prefix = network.upper() + "_"
-    macros = header_macros(header) if header else None
-    return {
-        "board": board,
-        "size": firmware_size(board, elf) if elf else None,
-        "bundle": {k[len(prefix):]: v for k, v in macros.items() if k.startswith(prefix)} if macros else None,
-        "emulator": read_json(emulator_json) if emulator_json else None,
-        "skipped": dict(skipped or {}),
-    }
+def evaluation_meaning(kind: str, summary: dict) -> str:
+    """One sentence saying what an evaluation's figures mean for the user."""
+    if kind == "hardening":
+        worst = min(summary["options"], key=lambda o: o["top1_agreement"])
+        return (f"What it means: with hardening on, the firmware's answer (top-1) stays the same on at least "
+                f"{_percent(worst['top1_agreement'])} of images ({worst['label']} is the lowest) while a reported "
+                f"confidence moves by up to {max(o['max_abs_change'] for o in summary['options']):.3f}: the scores an "
+                f"attacker can read are blurred at that cost in answers.")
+    if kind == "robustness":
+        clean, strongest = summary["results"][0], summary["results"][-1]
+        return (f"What it means: at FGSM ε={strongest['epsilon']} accuracy falls from {_percent(clean['accuracy'])} "
+                f"to {_percent(strongest['accuracy'])}, and voting over {len(summary['voters'])} copies gives "
+                f"{_percent(strongest['voted_accuracy'])} ({_percent(clean['voted_accuracy'])} on clean images).")
+    worst = min(summary["pairs"], key=lambda p: p["top1_agreement"]) if summary["pairs"] else None  # parity
+    engines = ", ".join(summary["engines"])
+    return (f"What it means: the float engines ({engines}) " +
+            (f"agree on top-1 for at least {_percent(worst['top1_agreement'])} of {summary['images']:,} images "
+             f"(largest logit difference {max(p['max_abs_diff'] for p in summary['pairs']):.2g}), so any of them "
+             f"can stand in for the trained model" if worst else "could not be compared") + ".")
 
 
-def render_report(*, network: str, backend: str, macs: int, entries: list[dict], accuracy: dict[str, dict]) -> str:
-    """The whole report. accuracy: {label: JSON object} (e.g. build/quant/accuracy.json), every number shown."""
+def evaluations_section(evaluations: dict, links: dict) -> list[str]:
+    lines = ["## Hardening, robustness, parity", ""]
+    unknown = sorted(set(evaluations) - set(EVALUATION_TITLES))
+    if unknown:
+        raise ValueError(f"report evaluations: unknown {unknown}; expected some of {list(EVALUATION_TITLES)}")
+    for kind, files in evaluations.items():
+        lines += [f"### {EVALUATION_TITLES[kind]}", "", evaluation_meaning(kind, read_json(files["summary"])), "",
+                  Path(files["markdown"]).read_text(encoding="utf-8").strip(), ""]
+        if kind in links:
+            lines += [f"![{EVALUATION_TITLES[kind]}]({links[kind]})", ""]
+    return lines
+
+
+def provenance_section(commit: str, digest: str, tools: dict) -> list[str]:
+    rows = [("Commit", f"`{commit}`"), ("Config digest (SHA-256)", f"`{digest}`"), ("Python", tools["python"]),
+            *((f"Python package {name}", version) for name, version in tools["packages"].items()),
+            *((name, version) for name, version in tools["tools"].items())]
+    return ["## Provenance", "", *_table(("", ""), rows)]
+
+
+def render_report(*, network: str, backend: str, macs: int, entries: list[dict], accuracy: dict, model: list[str],
+                  evaluations: list[str], provenance: list[str], board_figures: dict | None = None) -> str:
+    """The whole report as Markdown; `model`, `evaluations`, `provenance`: those sections' lines."""
     lines = [f"# {network}: from dataset to firmware (AN13331 pipeline)", "",
              f"Quantization and bundle backend: {backend}. Multiply-accumulates per inference: {macs:,}.", "",
              "Instruction counts come from QEMU with `-icount shift=0` (one guest instruction per virtual ns) and "
              "the firmware's SysTick: exact to one tick and the same on every run. They are not cycle counts of the "
              "real cores, whose pipelines and memories QEMU does not model; the app note's times were measured "
-             "on the EVKs.", ""]
-    if accuracy:
-        lines += ["## Accuracy", "", "| Source | Figure | Value |", "|---|---|---|"]
-        for label, data in accuracy.items():
-            lines += [f"| {label} | {name} | {value:.4f} |" if isinstance(value, float) else
-                      f"| {label} | {name} | {value} |" for name, value in numeric_items(data).items()]
-        lines.append("")
-    lines += [board_section(entry, macs) for entry in entries]
-    lines += ["## The app note's console output (i.MX RT1060 EVK)", "", "```", *APP_NOTE_CONSOLE, "```", ""]
+             "on the EVKs.", "", *summary_section(entries, accuracy), *model]
+    lines += [board_section(entry, macs, (board_figures or {}).get(entry["board"]["name"])) for entry in entries]
+    lines += [*evaluations, *provenance,
+              "## The app note's console output (i.MX RT1060 EVK)", "", "```", *APP_NOTE_CONSOLE, "```", ""]
     return "\n".join(lines)
 
 
-def write_report(out_path, *, network: str, backend: str, macs: int, entries: list[dict],
-                 accuracy_files: dict[str, str] | None = None, sections: dict[str, str] | None = None,
-                 figures: dict[str, str] | None = None) -> Path:
-    """Write build/report.md: accuracy_files is {label: JSON file}, sections {title: markdown file} appended
-    as they are, figures {caption: PNG} linked relative to the report."""
-    out_path = Path(out_path)
-    accuracy = {label: read_json(path) for label, path in (accuracy_files or {}).items()}
-    text = render_report(network=network, backend=backend, macs=macs, entries=entries, accuracy=accuracy)
-    for title, path in (sections or {}).items():
-        text += f"\n## {title}\n\n{Path(path).read_text(encoding='utf-8').strip()}\n"
-    if figures:
-        text += "\n## Figures\n\n" + "".join(
-            f"![{caption}]({Path(path).relative_to(out_path.parent).as_posix()})\n\n" for caption, path in figures.items())
-    write_text(out_path, text)
-    return out_path
+# ---- HTML ---------------------------------------------------------------------------------------------------
+
+def render_html(markdown_text: str, base_dir, title: str) -> str:
+    """The report as one self-contained HTML page: Markdown rendered, each image a PNG data URI."""
+    import markdown
+    from markdown.treeprocessors import Treeprocessor
+
+    class EmbedImages(Treeprocessor):
+        def run(self, root):
+            for image in root.iter("img"):
+                path = Path(base_dir) / image.get("src")
+                data = path.read_bytes()
+                if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+                    raise ValueError(f"{path}: not a PNG; the report embeds PNG pictures only")
+                image.set("src", "data:image/png;base64," + base64.b64encode(data).decode("ascii"))
+
+    class EmbedImagesExtension(markdown.Extension):
+        def extendMarkdown(self, md):
+            md.treeprocessors.register(EmbedImages(md), "embed_images", 0)
+
+    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code", "toc", EmbedImagesExtension()])
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{title}</title>\n<style>{PAGE_STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
 
 
-def read_skips(folder) -> dict[str, str]:
-    """{step: reason} from the skip records a board's skipped steps left in <build>/<board>/skipped/."""
-    return {p.stem: p.read_text(encoding="utf-8").strip() for p in sorted(Path(folder).glob("skipped/*.txt"))}
-
+# ---- the stage ----------------------------------------------------------------------------------------------
 
 def report_stage(out_path, *, build_dir, boards: list[dict], network: str, backend: str, macs: int,
-                 accuracy_files: dict[str, str], sections: dict[str, str], figures: dict[str, str]) -> None:
-    """build/report.md from what each board's steps left in build/<board>/ (missing files = skipped steps),
-    the accuracy JSON files, the evaluation summaries (`sections`: {title: markdown file}) and the plots
-    (`figures`: {caption: PNG}, linked relative to the report)."""
+                 accuracy_file, metrics_file, training_figure, test_labels, classes_file, int8_test_predictions,
+                 eval_images: int, evaluations: dict, vendor_elfs: dict[str, str], config: dict, repo_dir) -> None:
+    """build/report.md and build/report.html (beside out_path, same stem), plus build/report_figures/.
+
+    Reads, per board, what its steps left in build/<board>/ (firmware.elf, bundle/<network>.h, emulator.json,
+    skipped/*.txt; missing files = skipped steps) and its vendor builds (vendor_elfs: {flow: ELF path relative to
+    build/<board>/}, when they exist); accuracy.json, metrics.json, the training plot; the int8 bundle's top-1 on
+    the test split (int8_test_predictions, .npy, for the `eval_images` class-balanced subset as accuracy.json) with
+    the test labels and classes.json; evaluations {"hardening"|"robustness"|"parity": {"summary": JSON,
+    "markdown": file, "figure": PNG (optional)}}. Provenance: the config's digest, repo_dir's git commit and the
+    tool versions (as in the release manifest)."""
+    from pipeline.delivery.release import git_commit, tool_versions
+    from pipeline.model.evaluation import balanced_subset
+
     build_dir, out_path = Path(build_dir), Path(out_path)
     entries = []
     for board in boards:
@@ -155,6 +401,41 @@ def report_stage(out_path, *, build_dir, boards: list[dict], network: str, backe
         found = lambda path: path if path.is_file() else None  # noqa: E731
         entries.append(board_entry(board, network, elf=found(folder / "firmware.elf"),
                                    header=found(folder / "bundle" / f"{network}.h"),
-                                   emulator_json=found(folder / "emulator.json"), skipped=read_skips(folder)))
-    write_report(out_path, network=network, backend=backend, macs=macs, entries=entries,
-                 accuracy_files=accuracy_files, sections=sections, figures=figures)
+                                   emulator_json=found(folder / "emulator.json"), skipped=read_skips(folder),
+                                   vendor_elfs={flow: folder / rel for flow, rel in vendor_elfs.items()
+                                                if (folder / rel).is_file()}))
+    accuracy, metrics = read_json(accuracy_file), read_json(metrics_file)
+    classes = read_json(classes_file)
+    labels = np.load(test_labels)
+    matrix = confusion_matrix(labels[balanced_subset(labels, eval_images)], np.load(int8_test_predictions),
+                              len(classes))
+
+    figures_dir = out_path.parent / FIGURES_DIR
+    board_figures = {}
+    with atomic_dir(figures_dir) as tmp:
+        plots.confusion_matrix_plot(matrix, classes, tmp / "confusion.png", "Deployed int8, test split")
+        for entry in entries:
+            name, links = entry["board"]["name"], {}
+            if entry["memory"]:
+                plots.memory_map_plot(entry["memory"], tmp / f"memory_{name}.png", f"{name}: memory map")
+                links["memory"] = f"{FIGURES_DIR}/memory_{name}.png"
+            if entry["layers"]:
+                plots.bar_plot([l["name"] for l in entry["layers"]], [l["instructions"] for l in entry["layers"]],
+                               tmp / f"layers_{name}.png", title=f"{name}: instructions per layer",
+                               xlabel="instructions")
+                links["layers"] = f"{FIGURES_DIR}/layers_{name}.png"
+            board_figures[name] = links
+
+    def link(path) -> str:
+        return Path(path).resolve().relative_to(out_path.parent.resolve()).as_posix()
+
+    model = model_section(metrics, accuracy, matrix, classes, read_json(evaluations["parity"]["summary"]),
+                          {"training": link(training_figure), "confusion": f"{FIGURES_DIR}/confusion.png"})
+    evaluation_lines = evaluations_section(evaluations, {kind: link(files["figure"])
+                                                         for kind, files in evaluations.items() if files.get("figure")})
+    provenance = provenance_section(git_commit(repo_dir), config_digest(config), tool_versions())
+    text = render_report(network=network, backend=backend, macs=macs, entries=entries, accuracy=accuracy,
+                         model=model, evaluations=evaluation_lines, provenance=provenance, board_figures=board_figures)
+    write_text(out_path, text)
+    write_text(out_path.with_suffix(".html"),
+               render_html(text, out_path.parent, f"{network}: from dataset to firmware (AN13331 pipeline)"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.atomic import save_png, write_text
+from pipeline.core.atomic import write_text
 
 F32 = np.float32
 METHODS = {
@@ -171,22 +171,17 @@ def markdown_table(summary: dict) -> str:
 
 def plot(probabilities, options, png_path, max_points: int = 2000) -> None:
     """One panel per option: hardened against original confidence for the first `max_points` images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from pipeline.delivery import plots
 
     p = _rows(probabilities)
-    fig, axes = plt.subplots(1, len(options), figsize=(3.2 * len(options), 3.4), squeeze=False)
-    for ax, option in zip(axes[0], options):
-        hardened = harden(p, option)[:max_points]
-        ax.scatter(p[:max_points].ravel(), hardened.ravel(), s=2, alpha=0.3)
-        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
-        ax.set(title=option_label(option), xlabel="softmax confidence", xlim=(0, 1), ylim=(0, 1))
-    axes[0][0].set_ylabel("reported confidence")
-    fig.tight_layout()
-    save_png(png_path, fig)
-    plt.close(fig)
+    with plots.figure(png_path, ncols=len(options), figsize=(3.2 * len(options), 3.4)) as (_, axes):
+        axes = np.ravel(axes)  # a single option gives a single Axes
+        for ax, option in zip(axes, options):
+            hardened = harden(p, option)[:max_points]
+            ax.scatter(p[:max_points].ravel(), hardened.ravel(), s=2, alpha=0.3)
+            ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+            ax.set(title=option_label(option), xlabel="softmax confidence", xlim=(0, 1), ylim=(0, 1))
+        axes[0].set_ylabel("reported confidence")
 
 
 def run_evaluation(probabilities, options, out_dir) -> dict:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
-from pipeline.core.atomic import save_png, write_text
+from pipeline.core.atomic import write_text
 from pipeline.model.evaluation import balanced_subset, load_model, softmax, torch_logits
 from pipeline.model.shapes import to_input
 
@@ -154,24 +154,18 @@ def markdown_table(result: dict) -> str:
 
 
 def plot(result: dict, png_path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from pipeline.delivery import plots
 
     epsilons = [row["epsilon"] for row in result["results"]]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label in result["results"][0]["transform_accuracy"]:
-        ax.plot(epsilons, [row["transform_accuracy"][label] for row in result["results"]], linewidth=0.8,
-                linestyle="--", alpha=0.6, label=label)
-    ax.plot(epsilons, [row["accuracy"] for row in result["results"]], "o-", color="black", label="plain")
-    ax.plot(epsilons, [row["voted_accuracy"] for row in result["results"]], "s-", color="tab:red", label="voting")
-    ax.set(xlabel="FGSM epsilon (pixel levels)", ylabel="accuracy", ylim=(0, 1),
-           title=f"Input-transformation voting, {result['images']} images")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_png(png_path, fig)
-    plt.close(fig)
+    with plots.figure(png_path, figsize=(6, 4)) as (_, ax):
+        for label in result["results"][0]["transform_accuracy"]:
+            ax.plot(epsilons, [row["transform_accuracy"][label] for row in result["results"]], linewidth=0.8,
+                    linestyle="--", alpha=0.6, label=label)
+        ax.plot(epsilons, [row["accuracy"] for row in result["results"]], "o-", color="black", label="plain")
+        ax.plot(epsilons, [row["voted_accuracy"] for row in result["results"]], "s-", color="tab:red", label="voting")
+        ax.set(xlabel="FGSM epsilon (pixel levels)", ylabel="accuracy", ylim=(0, 1),
+               title=f"Input-transformation voting, {result['images']} images")
+        ax.legend(fontsize=7)
 
 
 def run_evaluation(model: torch.nn.Module, images, labels, out_dir, transforms, epsilons) -> dict:

@@ -183,20 +183,14 @@ def train(data_dir, pth, *, channels, optimizer, lr, batch_size, epochs, schedul
 
 
 def plot_training(history, path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from pipeline.delivery import plots
 
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
-    ax_loss.set(xlabel="epoch", ylabel="train loss", title="loss")
-    ax_acc.plot(epochs, [h["train_accuracy"] for h in history], marker="o", label="train")
-    ax_acc.plot(epochs, [h["val_accuracy"] for h in history], marker="o", label="validation")
-    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy")
-    ax_acc.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    atomic.save_png(path, fig)
-    plt.close(fig)
+    with plots.figure(path, ncols=2, figsize=(9, 3.5)) as (fig, (ax_loss, ax_acc)):
+        ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
+        ax_loss.set(xlabel="epoch", ylabel="train loss", title="loss")
+        ax_acc.plot(epochs, [h["train_accuracy"] for h in history], marker="o", label="train")
+        ax_acc.plot(epochs, [h["val_accuracy"] for h in history], marker="o", label="validation")
+        ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy")
+        ax_acc.legend()
+        fig.suptitle(title)
