@@ -255,26 +255,6 @@ def test_xtensa_command_uses_the_boards_core_and_lsp():
     assert "-mlsp=sim" in cmd and "/b/bundle/cifar.o" in cmd and cmd[-2:] == ["-o", "firmware.elf"]
 
 
-@pytest.mark.parametrize("board_name,target,variant", [
-    ("rt1060", "mimxrt1060_evk/mimxrt1062/qspi", "gnuarmemb"),
-    ("rt685_m33", "mimxrt685_evk/mimxrt685s/cm33", "gnuarmemb"),
-    ("rt685_hifi4", "mimxrt685_evk/mimxrt685s/hifi4", "zephyr"),
-])
-def test_zephyr_command_and_skip(board_name, target, variant, tmp_path):
-    board = load_board(board_name)
-    cmd, env = vendor.zephyr_build_command(board, build_dir="build/z", source_dir="build/src",
-                                             bundle_dir="build/bundle", network="cifar", hardening=True)
-    assert cmd[:7] == ["west", "build", "-p", "auto", "-b", target, "-d"]
-    assert cmd[8] == str(app.ZEPHYR_APP)
-    assert cmd[9:] == ["--", "-DAPP_SOURCE_DIR=build/src", "-DBUNDLE_DIR=build/bundle", "-DNETWORK=cifar",
-                       "-DHARDENING=ON"]
-    assert env["ZEPHYR_TOOLCHAIN_VARIANT"] == variant
-    assert env.get("GNUARMEMB_TOOLCHAIN_PATH") == ("/usr" if variant == "gnuarmemb" else None)
-    with pytest.raises(Skipped, match="skipped: ZEPHYR_BASE is not set"):
-        vendor.zephyr_build(board, build_dir=tmp_path, source_dir=tmp_path, bundle_dir=tmp_path,
-                              network="cifar", environ={"PATH": "/usr/bin"})
-
-
 def test_mcux_sdk_flow_skips_without_sdk_and_renders_the_ram_project(tmp_path):
     board = load_board("rt1060")
     with pytest.raises(Skipped, match="skipped: MCUX_SDK_ROOT is not set"):

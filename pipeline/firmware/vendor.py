@@ -39,13 +39,14 @@ def render_mcux_cmake(out_path, board: dict, network: str, hardening: bool = Fal
 
 
 def mcux_sdk_commands(sdk_root, project_dir, build_dir, source_dir, bundle_dir) -> list[list[str]]:
-    """cmake configure and build commands of the SDK armgcc flow (RAM target: CMAKE_BUILD_TYPE=release)."""
-    sdk_root = Path(sdk_root)
+    """cmake configure and build commands of the SDK armgcc flow (RAM target: CMAKE_BUILD_TYPE=release).
+    Folders are handed over absolute: CMake resolves a relative one against the generated project folder."""
+    sdk_root, source_dir, bundle_dir = (Path(folder).resolve() for folder in (sdk_root, source_dir, bundle_dir))
     return [
         ["cmake", "-S", str(project_dir), "-B", str(build_dir), "-G", "Unix Makefiles",
          f"-DCMAKE_TOOLCHAIN_FILE={sdk_root / 'tools' / 'cmake_toolchain_files' / 'armgcc.cmake'}",
-         "-DCMAKE_BUILD_TYPE=release", f"-DMCUX_SDK_ROOT={sdk_root}", f"-DAPP_SOURCE_DIR={Path(source_dir)}",
-         f"-DBUNDLE_DIR={Path(bundle_dir)}", f"-DMCUX_APP_DIR={MCUX_APP}"],
+         "-DCMAKE_BUILD_TYPE=release", f"-DMCUX_SDK_ROOT={sdk_root}", f"-DAPP_SOURCE_DIR={source_dir}",
+         f"-DBUNDLE_DIR={bundle_dir}", f"-DMCUX_APP_DIR={MCUX_APP}"],
         ["cmake", "--build", str(build_dir)],
     ]
 
@@ -67,9 +68,11 @@ def mcux_sdk_build(board: dict, *, source_dir, bundle_dir, network: str, out_dir
 def zephyr_build_command(board: dict, *, build_dir, source_dir, bundle_dir, network: str,
                          hardening: bool = False) -> tuple[list[str], dict]:
     """The `west build` command and extra environment for the board's Zephyr target and toolchain ([zephyr]:
-    target, toolchain_variant, optional toolchain_path, e.g. gnuarmemb in /usr for the Arm boards)."""
+    target, toolchain_variant, optional toolchain_path, e.g. gnuarmemb in /usr for the Arm boards). The folders
+    after `--` are absolute: CMake resolves a relative one against zephyr_app/, not our working folder."""
     cmd = ["west", "build", "-p", "auto", "-b", board["zephyr"]["target"], "-d", str(build_dir), str(ZEPHYR_APP),
-           "--", f"-DAPP_SOURCE_DIR={Path(source_dir)}", f"-DBUNDLE_DIR={Path(bundle_dir)}", f"-DNETWORK={network}",
+           "--", f"-DAPP_SOURCE_DIR={Path(source_dir).resolve()}", f"-DBUNDLE_DIR={Path(bundle_dir).resolve()}",
+           f"-DNETWORK={network}",
            *(["-DHARDENING=ON"] if hardening else [])]
     zephyr = board["zephyr"]
     env = {"ZEPHYR_TOOLCHAIN_VARIANT": zephyr["toolchain_variant"]}
