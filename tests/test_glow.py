@@ -1,54 +1,133 @@
-"""Glow backend: detection and the app note's command lines (Glow itself is not installed here)."""
+"""Glow backend: detection and the app note's command lines, run through stand-ins of Glow's tools
+(tests/glow_standin) that parse options as Glow's LLVM option parser does, over the option names of Glow's
+sources, and check the input type the loader would build against the ONNX model (Glow is not installed here)."""
+import json
 import stat
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
+from pipeline.core.tools import Skipped, ToolError, run_tool
 from pipeline.int8 import glow
-from pipeline.core.tools import Skipped, ToolError
 
 BOARDS = Path(__file__).resolve().parents[1] / "boards"
+STANDIN = Path(__file__).resolve().parent / "glow_standin"
 
 
 def board(name):
     return tomllib.loads((BOARDS / f"{name}.toml").read_text())
 
 
-TOOLS = {"image-classifier": "/g/image-classifier", "model-tuner": "/g/model-tuner",
-         "model-compiler": "/g/model-compiler"}
+def install_standins(folder: Path) -> dict:
+    """Glow's three tools as executables named like them, in `folder`: {tool: path}."""
+    tools = {}
+    for tool in glow.TOOLS:
+        path = folder / tool
+        path.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(STANDIN)!r})\n"
+                        "import glow_standin\nglow_standin.main(sys.argv)\n")
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+        tools[tool] = str(path)
+    return tools
 
 
-def test_profile_command():
-    cmd = glow.profile_command(TOOLS, "m.onnx", ["calib/airplane.png", "calib/truck.png"], "profile.yml")
-    assert cmd[:3] == ["/g/image-classifier", "calib/airplane.png", "calib/truck.png"]
-    for flag in ["-image-mode=neg1to1", "-image-layout=NCHW", "-image-channel-order=RGB", "-model=m.onnx",
-                 "-model-input-name=input", "-dump-profile=profile.yml"]:
-        assert flag in cmd
+@pytest.fixture
+def standins(tmp_path, monkeypatch):
+    """Stand-ins in tmp_path/bin logging to tmp_path/glow.log, a model with Glow's input `input` [1,3,32,32]."""
+    (tmp_path / "bin").mkdir()
+    log = tmp_path / "glow.log"
+    monkeypatch.setenv("GLOW_STANDIN_LOG", str(log))
+    monkeypatch.delenv("GLOW_STANDIN_EIQ", raising=False)
+    glow.listed_options.cache_clear()
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "cifar",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 32, 32])])
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), model)
+    yield install_standins(tmp_path / "bin"), model, log
+    glow.listed_options.cache_clear()
 
 
-def test_tune_command():
-    cmd = glow.tune_command(TOOLS, "m.onnx", "profile.yml", "data/dataset-tuning", "data/dataset-tuning/Labels.csv",
+def run_logged(cmd, log: Path) -> dict:
+    """Run a command line through its stand-in and return what the tool took: its effective options."""
+    run_tool(cmd, glow.INSTALL_HINT)
+    return json.loads(log.read_text().splitlines()[-1])
+
+
+def rejected(cmd) -> str:
+    result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    assert result.returncode != 0, f"accepted: {cmd}"
+    return result.stderr
+
+
+def test_profile_command_is_accepted(standins):
+    tools, model, log = standins
+    taken = run_logged(glow.profile_command(tools, model, ["calib/airplane.png", "calib/truck.png"], "p.yml"), log)
+    assert taken["positional"] == ["calib/airplane.png", "calib/truck.png"]
+    assert taken["options"]["image-mode"] == ["neg1to1"] and taken["options"]["image-layout"] == ["NCHW"]
+    assert taken["options"]["dump-profile"] == "p.yml"
+
+
+def test_tune_command_loads_the_real_input_type_on_the_cpu_backend(standins):
+    tools, model, log = standins
+    cmd = glow.tune_command(tools, model, "profile.yml", "data/dataset-tuning", "data/dataset-tuning/Labels.csv",
                             "profile_tuned.yml", target_accuracy=0.9)
-    assert cmd[0] == "/g/model-tuner"
-    for flag in ["-dataset-path=data/dataset-tuning", "-dataset-file=data/dataset-tuning/Labels.csv",
-                 "-load-profile=profile.yml", "-dump-tuned-profile=profile_tuned.yml",
-                 "-quantization-schema=symmetric_with_power2_scale", "-quantization-precision=Int8",
-                 "-target-accuracy=0.9", "-image-mode=neg1to1", "-image-layout=NCHW", "-model-input-name=input"]:
-        assert flag in cmd
+    options = run_logged(cmd, log)["options"]
+    assert options["backend"] == "CPU" and options["model-input"] == ["input,float,[1,3,32,32]"]
+    assert options["dump-tuned-profile"] == "profile_tuned.yml" and options["target-accuracy"] == "0.9"
+    # The old command line, with the bare input name, loads the input as float [1]: the stand-in says so.
+    old = [c for c in cmd if not c.startswith(("-model-input=", "-backend="))] + ["-model-input-name=input"]
+    assert "loaded as float [1]" in rejected(old)
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("rt1060", ["-target=arm", "-mcpu=cortex-m7", "-float-abi=hard", "-use-cmsis"]),
-    ("rt685_m33", ["-target=arm", "-mcpu=cortex-m33", "-float-abi=hard", "-use-cmsis"]),
+@pytest.mark.parametrize("name, flags", [
+    ("rt1060", ["-target=arm", "-mcpu=cortex-m7", "-float-abi=hard"]),
+    ("rt685_m33", ["-target=arm", "-mcpu=cortex-m33", "-float-abi=hard"]),
 ])
-def test_bundle_command_uses_board_flags(name, expected):
-    cmd = glow.bundle_command(TOOLS, "m.onnx", "profile_tuned.yml", board(name), "out/bundle")
-    assert cmd[0] == "/g/model-compiler" and cmd[-len(expected):] == expected
-    for flag in ["-model=m.onnx", "-emit-bundle=out/bundle", "-backend=CPU", "-network-name=cifar",
-                 "-load-profile=profile_tuned.yml", "-quantization-schema=symmetric_with_power2_scale",
-                 "-quantization-precision=Int8"]:
-        assert flag in cmd
+def test_bundle_command_as_the_note_writes_it(standins, monkeypatch, name, flags):
+    tools, model, log = standins
+    cmd = glow.bundle_command(tools, model, "profile_tuned.yml", board(name), "out/bundle")
+    assert cmd[-len(flags):] == flags  # upstream Glow: no eIQ-only option
+    options = run_logged(cmd, log)["options"]
+    assert options["backend"] == "CPU" and options["quantization-precision-bias"] == "Int8"
+    assert options["quantization-schema"] == "symmetric_with_power2_scale"
+    assert options["model-input"] == ["input,float,[1,3,32,32]"] and options["emit-bundle"] == "out/bundle"
+    assert "Unknown command line argument '-use-cmsis'" in rejected(cmd + ["-use-cmsis"])
+    monkeypatch.setenv("GLOW_STANDIN_EIQ", "1")  # NXP's eIQ Glow lists -use-cmsis: it is passed
+    glow.listed_options.cache_clear()
+    cmd = glow.bundle_command(tools, model, "profile_tuned.yml", board(name), "out/bundle")
+    assert cmd[-1] == "-use-cmsis" and run_logged(cmd, log)["options"]["use-cmsis"] == "true"
+
+
+def test_standin_rejects_malformed_values(standins):
+    tools, model, _ = standins
+    compiler = [tools["model-compiler"], f"-model={model}"]
+    assert "Cannot find option named 'int8'" in rejected(compiler + ["-quantization-precision-bias=int8"])
+    assert "requires a value" in rejected(compiler + ["-emit-bundle"])
+    assert "shape invalid" in rejected(compiler + ["-model-input=input,float,1x3x32x32"])
+    assert "may only occur zero or one times" in rejected(compiler + ["-backend=CPU", "-backend=CPU"])
+    assert "Too many positional arguments" in rejected(compiler + ["image.png"])
+
+
+def test_hifi4_flags_need_xtensa_tools(standins, tmp_path, monkeypatch):
+    tools, model, _ = standins
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.delenv("XTENSA_SYSTEM", raising=False)
+    with pytest.raises(Skipped, match="xt-clang"):
+        glow.bundle_command(tools, model, "p.yml", board("rt685_hifi4"), "out")
+    _fake_tool(tmp_path / "bin", "xt-clang")
+    with pytest.raises(Skipped, match="XTENSA_SYSTEM"):
+        glow.bundle_command(tools, model, "p.yml", board("rt685_hifi4"), "out")
+    monkeypatch.setenv("XTENSA_SYSTEM", "/opt/xtensa/config")
+    monkeypatch.setenv("GLOW_STANDIN_EIQ", "1")
+    glow.listed_options.cache_clear()
+    cmd = glow.bundle_command(tools, model, "p.yml", board("rt685_hifi4"), "out")
+    assert "-use-hifi" in cmd and "-llvm-compiler=xt-clang" in cmd
+    assert any("--xtensa-system=/opt/xtensa/config" in c for c in cmd)
 
 
 def _fake_tool(folder, name):
@@ -56,20 +135,6 @@ def _fake_tool(folder, name):
     path.write_text("#!/bin/sh\nexit 0\n")
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
-
-
-def test_hifi4_flags_need_xtensa_tools(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv("XTENSA_SYSTEM", raising=False)
-    with pytest.raises(Skipped, match="xt-clang"):
-        glow.bundle_command(TOOLS, "m.onnx", "p.yml", board("rt685_hifi4"), "out")
-    _fake_tool(tmp_path, "xt-clang")
-    with pytest.raises(Skipped, match="XTENSA_SYSTEM"):
-        glow.bundle_command(TOOLS, "m.onnx", "p.yml", board("rt685_hifi4"), "out")
-    monkeypatch.setenv("XTENSA_SYSTEM", "/opt/xtensa/config")
-    cmd = glow.bundle_command(TOOLS, "m.onnx", "p.yml", board("rt685_hifi4"), "out")
-    assert "-use-hifi" in cmd and "-llvm-compiler=xt-clang" in cmd
-    assert any("--xtensa-system=/opt/xtensa/config" in c for c in cmd)
 
 
 def test_detection_and_backend_choice(tmp_path, monkeypatch):
