@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.int8 import bundle
-from pipeline.firmware import app, emulator, link, vendor
+from pipeline.firmware import app, emulator, link
 from pipeline.int8 import profile
 from pipeline.core.config import load_board
 from pipeline.evaluations.hardening import harden
@@ -253,21 +253,6 @@ def test_xtensa_command_uses_the_boards_core_and_lsp():
     assert cmd[:3] == ["xt-clang", "--xtensa-core=nxp_rt600_RI23_11_newlib",
                        "--xtensa-system=/opt/xtensa/registry"]
     assert "-mlsp=sim" in cmd and "/b/bundle/cifar.o" in cmd and cmd[-2:] == ["-o", "firmware.elf"]
-
-
-def test_mcux_sdk_flow_skips_without_sdk_and_renders_the_ram_project(tmp_path):
-    board = load_board("rt1060")
-    with pytest.raises(Skipped, match="skipped: MCUX_SDK_ROOT is not set"):
-        vendor.mcux_sdk_build(board, source_dir=tmp_path, bundle_dir=tmp_path, network="cifar",
-                                out_dir=tmp_path / "sdk", environ={})
-    assert not (tmp_path / "sdk").exists()
-    cmake = vendor.render_mcux_cmake(tmp_path / "CMakeLists.txt", board, "cifar").read_text()
-    assert "-T${DEVICE_DIR}/gcc/MIMXRT1062xxxxx_ram.ld" in cmake
-    assert "MCUX_BOARD_INIT=(BOARD_ConfigMPU(), BOARD_InitBootPins()" in cmake
-    assert "${BUNDLE_DIR}/cifar.o" in cmake and "/work" not in cmake and str(tmp_path) not in cmake
-    configure, build = vendor.mcux_sdk_commands("/sdk", "p", "p/build", "src", "bundle")
-    assert "-DCMAKE_TOOLCHAIN_FILE=/sdk/tools/cmake_toolchain_files/armgcc.cmake" in configure
-    assert "-DCMAKE_BUILD_TYPE=release" in configure and build == ["cmake", "--build", "p/build"]
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
