@@ -78,6 +78,26 @@ def test_firmware_under_qemu_equals_host_bundle_bit_for_bit(board_build, model_f
         assert result.confidence == pytest.approx(probs[result.top1], abs=5e-4)  # the printed 0.xxx
 
 
+def test_a_bundle_without_c_is_checked_against_the_built_in_bundle_of_its_profile(board_build, model_files,
+                                                                                 tmp_path):
+    """A Glow bundle ships an object and no C: the firmware is then checked against the built-in backend's bundle
+    generated from the same ONNX model and profile (here that is the firmware's own bundle, so they agree)."""
+    board, elfs, reference, summary, out = board_build
+    work, _, extra = model_files
+    glow_like = shutil.copytree(out / "bundle", tmp_path / "bundle")
+    (glow_like / "cifar.c").unlink()
+    arguments = dict(elf=elfs["emulator_elf"], bundle_dir=glow_like, image_inc=out / "source" / "input_image_test.inc",
+                     images=extra, labels=LABELS, network="cifar", timeout=60)
+    with pytest.raises(emulator.FirmwareError, match="has no cifar.c .*onnx_path, profile_path"):
+        emulator.emulation_stage(board, out_dir=tmp_path / "no_model", **arguments)
+    result = emulator.emulation_stage(board, out_dir=tmp_path, onnx_path=work / "cifar.onnx",
+                                      profile_path=work / "profile.yml", **arguments)
+    check = result["check"]
+    assert check["reference"] == "built-in int8 bundle of the same model and profile (profile.yml)"
+    assert check["confidence_tolerance"] == emulator.GLOW_CONFIDENCE_TOLERANCE
+    assert check["top1_equal"] == check["images"] == 1 + len(extra)
+
+
 def test_console_has_the_app_notes_lines(board_build):
     log = (board_build[4] / "emulator.log").read_text()
     assert re.search(r"^Top1 class = \d \((airplane|automobile|bird|cat|deer|dog|frog|horse|ship|truck)\)\r?$",

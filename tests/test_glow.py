@@ -119,6 +119,9 @@ def test_hifi4_flags_need_xtensa_tools(standins, tmp_path, monkeypatch):
     monkeypatch.delenv("XTENSA_SYSTEM", raising=False)
     with pytest.raises(Skipped, match="xt-clang"):
         glow.bundle_command(tools, model, "p.yml", board("rt685_hifi4"), "out")
+    with pytest.raises(Skipped, match="xt-clang not found for rt685_hifi4"):
+        glow.require_bundle_tools(board("rt685_hifi4"))
+    glow.require_bundle_tools(board("rt1060"))  # nothing missing for the Arm boards
     _fake_tool(tmp_path / "bin", "xt-clang")
     with pytest.raises(Skipped, match="XTENSA_SYSTEM"):
         glow.bundle_command(tools, model, "p.yml", board("rt685_hifi4"), "out")

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.core.config import load_board
 from pipeline.core.tools import Skipped, ToolError
+from pipeline.delivery import report
 from pipeline.firmware import app, vendor
 
 needs_cmake = pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("cc") is None,
@@ -208,3 +209,5 @@ def test_sdk_builds_ram_and_flash_images(sdk_builds, board_name):
         elif board_name == "rt1060":  # RAM image: the weights left ITCM for OCRAM
             ocram = board["memory"]["ocram"]
             assert ocram["origin"] <= weights < ocram["origin"] + ocram["length"]
+    table = "\n".join(report.sdk_images_table(summary))
+    assert re.search(r"^\| flash \| .* fits ", table, re.M) and "| ram |" in table

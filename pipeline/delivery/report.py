@@ -78,9 +78,12 @@ def board_section(entry: dict, macs: int) -> str:
              *(f"| {name} | {ours} | {theirs} |" for name, ours, theirs in rows), ""]
     if emulator:
         check = emulator["check"]
-        lines += [f"Emulator check: {check['images']} images through the same ELF; top-1 equal to the host-compiled "
-                  f"bundle on all {check['top1_equal']}, raw outputs bit-identical on {check['bit_identical']}, "
-                  f"largest confidence difference {check['max_confidence_difference']:.2e}.", ""]
+        lines += [f"Emulator check: {check['images']} images through the same ELF; top-1 equal to the "
+                  f"{check.get('reference', 'host-compiled bundle C')} on all {check['top1_equal']}, raw outputs "
+                  f"bit-identical on {check['bit_identical']}, largest confidence difference "
+                  f"{check['max_confidence_difference']:.2e}.", ""]
+    if entry.get("mcux_sdk"):
+        lines += sdk_images_table(entry["mcux_sdk"])
     for step, reason in sorted(entry.get("skipped", {}).items()):
         lines.append(f"- {step}: {reason if reason.startswith('skipped') else 'skipped: ' + reason}")
     if entry.get("skipped"):
@@ -88,7 +91,21 @@ def board_section(entry: dict, macs: int) -> str:
     return "\n".join(lines)
 
 
-def board_entry(board: dict, network: str, *, elf=None, header=None, emulator_json=None,
+def sdk_images_table(summary: dict) -> list[str]:
+    """Markdown lines: the MCUXpresso SDK images of a board (pipeline/firmware/vendor.py mcux_sdk.json), sized by
+    arm-none-eabi-size, beside the bare-metal build above."""
+    lines = ["MCUXpresso SDK images (armgcc, the SDK's UART debug console; arm-none-eabi-size, bss includes heap and "
+             "stack):", "", "| Image | text | data | bss | RAM used | Flash image |", "|---|---|---|---|---|---|"]
+    for target, figures in summary["targets"].items():
+        flash = (f"{_bytes(figures['flash_image'])} at {figures['bin_address']:#010x}, "
+                 f"{'fits' if figures['fits_flash'] else 'does NOT fit'} {_bytes(figures['flash_capacity'])}"
+                 if "flash_image" in figures else "— (RAM image)")
+        lines.append(f"| {target} | {_bytes(figures['text'])} | {_bytes(figures['data'])} | {_bytes(figures['bss'])} "
+                     f"| {_bytes(figures['ram'])} | {flash} |")
+    return lines + [""]
+
+
+def board_entry(board: dict, network: str, *, elf=None, header=None, emulator_json=None, mcux_sdk_json=None,
                 skipped: dict[str, str] | None = None) -> dict:
     """Gather one board's figures from its files (any may be None when that step was skipped)."""
     prefix = network.upper() + "_"
@@ -98,6 +115,7 @@ def board_entry(board: dict, network: str, *, elf=None, header=None, emulator_js
         "size": firmware_size(board, elf) if elf else None,
         "bundle": {k[len(prefix):]: v for k, v in macros.items() if k.startswith(prefix)} if macros else None,
         "emulator": read_json(emulator_json) if emulator_json else None,
+        "mcux_sdk": read_json(mcux_sdk_json) if mcux_sdk_json else None,
         "skipped": dict(skipped or {}),
     }
 
@@ -155,6 +173,7 @@ def report_stage(out_path, *, build_dir, boards: list[dict], network: str, backe
         found = lambda path: path if path.is_file() else None  # noqa: E731
         entries.append(board_entry(board, network, elf=found(folder / "firmware.elf"),
                                    header=found(folder / "bundle" / f"{network}.h"),
-                                   emulator_json=found(folder / "emulator.json"), skipped=read_skips(folder)))
+                                   emulator_json=found(folder / "emulator.json"),
+                                   mcux_sdk_json=found(folder / "mcux" / "mcux_sdk.json"), skipped=read_skips(folder)))
     write_report(out_path, network=network, backend=backend, macs=macs, entries=entries,
                  accuracy_files=accuracy_files, sections=sections, figures=figures)
