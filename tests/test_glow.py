@@ -41,6 +41,7 @@ def standins(tmp_path, monkeypatch):
     (tmp_path / "bin").mkdir()
     log = tmp_path / "glow.log"
     monkeypatch.setenv("GLOW_STANDIN_LOG", str(log))
+    monkeypatch.setenv("GLOW_STANDIN_CHECK_ONLY", "1")
     monkeypatch.delenv("GLOW_STANDIN_EIQ", raising=False)
     glow.listed_options.cache_clear()
     graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "cifar",

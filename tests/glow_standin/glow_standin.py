@@ -8,9 +8,13 @@ Loader.cpp getModelInputs parses them; and that the input type the loader of mod
 would build matches the ONNX model's input (a bare name is float [1]). `-help` lists the options, in LLVM's
 layout. GLOW_STANDIN_EIQ=1 adds the options only NXP's eIQ Glow has.
 
-What it does not do: Glow's work. Each accepted invocation is appended, with its effective options (Glow's
-defaults for -backend and -quantization-precision-bias included), to the JSON-lines file GLOW_STANDIN_LOG when
-that is set; no output file is written."""
+What it writes, so a graph can run on: the files Glow would, made by this project's built-in backend, which
+is not Glow: image-classifier -dump-profile calibrates on the given images; model-tuner -dump-tuned-profile
+copies the loaded profile (no tuning); model-compiler -emit-bundle writes <name>.h/.o/.weights.bin/.weights.txt
+and, like Glow, no <name>.c, its object compiled for the board whose glow_flags the command carries. Each
+accepted invocation is appended, with its effective options (Glow's defaults for -backend and
+-quantization-precision-bias included), to the JSON-lines file GLOW_STANDIN_LOG when that is set;
+GLOW_STANDIN_CHECK_ONLY=1 stops there (command-line tests, with no real inputs)."""
 import json
 import os
 import re
@@ -18,6 +22,7 @@ import sys
 from pathlib import Path
 
 OPTIONS = json.loads((Path(__file__).with_name("glow_options.json")).read_text())
+ROOT = Path(__file__).resolve().parents[2]
 # Loader.cpp's cl::init defaults of the options whose default matters to the note's command lines.
 DEFAULTS = {"backend": "Interpreter", "quantization-precision-bias": "Int32"}
 ELEMENT_KINDS = {"float", "float16", "bfloat16", "int8q", "int16q", "int32q", "int32", "int64", "bool"}
@@ -126,6 +131,38 @@ def main(argv: list[str]) -> None:
     if os.environ.get("GLOW_STANDIN_LOG"):
         with open(os.environ["GLOW_STANDIN_LOG"], "a", encoding="utf-8") as log:
             log.write(json.dumps({"tool": program, "options": {**DEFAULTS, **given}, "positional": positional}) + "\n")
+    if os.environ.get("GLOW_STANDIN_CHECK_ONLY") != "1":
+        write_outputs(program, given, positional, argv[1:])
+
+
+def write_outputs(program: str, given: dict, positional: list[str], args: list[str]) -> None:
+    """The files the real tool would write for these options (see the module docstring)."""
+    sys.path.insert(0, str(ROOT))
+    model = given["model"][-1]
+    if program == "image-classifier" and "dump-profile" in given:
+        import numpy as np
+        from PIL import Image
+
+        from pipeline.int8.profile import make_profile
+
+        images = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in positional])
+        make_profile(model, images, given["dump-profile"])
+    elif program == "model-tuner" and "dump-tuned-profile" in given:
+        Path(given["dump-tuned-profile"]).write_bytes(Path(given["load-profile"]).read_bytes())
+    elif program == "model-compiler" and "emit-bundle" in given:
+        from pipeline.core.config import available_boards, load_board
+        from pipeline.int8.bundle import compile_object, generate_sources
+
+        name, out = given.get("network-name", "model"), Path(given["emit-bundle"])
+        boards = [load_board(b) for b in available_boards()]
+        board = next((b for b in boards if set(b["glow_flags"]) <= set(args)), None)
+        if board is None:
+            fail(program, f"stand-in: no boards/*.toml has glow_flags all among {args}")
+        out.mkdir(parents=True, exist_ok=True)
+        for file_name, data in generate_sources(model, given["load-profile"], name).items():
+            (out / file_name).write_bytes(data)
+        compile_object(out, board, name)
+        (out / f"{name}.c").unlink()
 
 
 if __name__ == "__main__":
