@@ -2,6 +2,7 @@
 (tests/glow_standin) that parse options as Glow's LLVM option parser does, over the option names of Glow's
 sources, and check the input type the loader would build against the ONNX model (Glow is not installed here)."""
 import json
+import shutil
 import stat
 import subprocess
 import sys
@@ -156,3 +157,34 @@ def test_detection_and_backend_choice(tmp_path, monkeypatch):
     assert glow.choose_backend("auto") == "glow"
     with pytest.raises(ValueError, match="'fast'"):
         glow.choose_backend("fast")
+
+
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="needs arm-none-eabi-gcc (the bundle object)")
+def test_runners_leave_glows_files_through_the_standins(tmp_path, monkeypatch):
+    """The three runners as the graph calls them, with the stand-ins doing the work: every command line passes
+    the option checks and the bundle folder holds what Glow writes (no .c)."""
+    from PIL import Image
+
+    from tiny_model import export_onnx, synthetic_images, train_tiny_model
+
+    (tmp_path / "bin").mkdir()
+    install_standins(tmp_path / "bin")
+    monkeypatch.setenv("GLOW_BIN", str(tmp_path / "bin"))
+    monkeypatch.setenv("GLOW_STANDIN_LOG", str(tmp_path / "glow.log"))
+    monkeypatch.delenv("GLOW_STANDIN_CHECK_ONLY", raising=False)
+    images, labels = synthetic_images(64, seed=2)
+    export_onnx(train_tiny_model(images, labels, steps=5), tmp_path / "cifar.onnx")
+    tuning = tmp_path / "tuning"
+    tuning.mkdir()
+    for i, image in enumerate(images[:20]):
+        Image.fromarray(image).save(tuning / f"{i:02d}.png")
+    (tuning / "Labels.csv").write_text("".join(f"{i:02d}.png,{labels[i]}\n" for i in range(20)))
+    glow.make_profile(tmp_path / "cifar.onnx", sorted(tuning.glob("*.png"))[:10], tmp_path / "profile.yml")
+    glow.tune_profile(tmp_path / "cifar.onnx", tmp_path / "profile.yml", tuning, tuning / "Labels.csv",
+                      tmp_path / "profile_tuned.yml")
+    glow.make_bundle(tmp_path / "cifar.onnx", tmp_path / "profile_tuned.yml", board("rt1060"), tmp_path / "bundle")
+    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == \
+        ["cifar.h", "cifar.o", "cifar.weights.bin", "cifar.weights.txt"]
+    runs = [json.loads(line) for line in (tmp_path / "glow.log").read_text().splitlines()]
+    assert [run["tool"] for run in runs] == ["image-classifier", "model-tuner", "model-compiler"]
+    assert [run["options"]["backend"] for run in runs[1:]] == ["CPU", "CPU"]
