@@ -105,6 +105,12 @@ def test_bundle_command_as_the_note_writes_it(standins, monkeypatch, name, flags
     assert cmd[-1] == "-use-cmsis" and run_logged(cmd, log)["options"]["use-cmsis"] == "true"
 
 
+def test_help_is_read_in_both_llvm_styles():
+    text = ("OPTIONS:\n\nGeneral options:\n\n  -backend=<string>    - Backend to use\n"
+            "  --use-cmsis          - Use CMSIS-NN kernels\n  -m=<string>          - Alias for -model\n")
+    assert glow.help_option_names(text) == {"backend", "use-cmsis", "m"}
+
+
 def test_standin_rejects_malformed_values(standins):
     tools, model, _ = standins
     compiler = [tools["model-compiler"], f"-model={model}"]

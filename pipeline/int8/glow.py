@@ -64,14 +64,19 @@ def tune_command(tools: dict, onnx_path, profile_in, dataset_dir, labels_csv, pr
             f"-dump-tuned-profile={profile_out}", *QUANT_OPTIONS, f"-target-accuracy={target_accuracy:g}", BACKEND_OPTION]
 
 
+def help_option_names(help_text: str) -> frozenset:
+    """Option names in LLVM's -help text: an indented `-name` (LLVM 8, eIQ Glow's) or `--name` (later LLVMs)."""
+    return frozenset(re.findall(r"^\s+--?(\w[\w-]*)", help_text, flags=re.M))
+
+
 @functools.lru_cache(maxsize=None)
 def listed_options(tool_path: str) -> frozenset:
-    """The option names `tool -help` lists (LLVM's format: an indented `-name...` per option)."""
+    """The option names `tool -help` lists."""
     try:
         result = subprocess.run([tool_path, "-help"], capture_output=True, text=True)
     except OSError as err:
         raise ToolError(f"cannot run {tool_path} -help: {err}. {INSTALL_HINT}") from err
-    return frozenset(re.findall(r"^\s+-([\w-]+)", result.stdout, flags=re.M))
+    return help_option_names(result.stdout)
 
 
 def board_glow_flags(board: dict, compiler: str | None = None) -> list:
