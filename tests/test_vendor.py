@@ -92,11 +92,17 @@ def test_zephyr_command_and_skip(board_name, target, variant, tmp_path, monkeypa
 ARM_BOARDS = ["rt1060", "rt685_m33"]
 
 
+@needs_cmake
 def test_mcux_sdk_skips_without_sdk_and_leaves_nothing(tmp_path):
     board = load_board("rt1060")
     with pytest.raises(Skipped, match="skipped: MCUX_SDK_ROOT is not set .*CMSIS_ROOT"):
         vendor.mcux_sdk_build(board, source_dir=tmp_path, bundle_dir=tmp_path, network="cifar",
                               out_dir=tmp_path / "sdk", environ={})
+    assert not (tmp_path / "sdk").exists()
+    with pytest.raises(ToolError, match=r"MCUX_SDK_ROOT=.*all_lib_device_MIMXRT1062.cmake not found, so this is not "
+                                        r"an MCUXpresso SDK with the MIMXRT1062 device"):
+        vendor.mcux_sdk_build(board, source_dir=tmp_path, bundle_dir=tmp_path, network="cifar",
+                              out_dir=tmp_path / "sdk", environ={**os.environ, "MCUX_SDK_ROOT": str(tmp_path)})
     assert not (tmp_path / "sdk").exists()
     with pytest.raises(Skipped, match="no MCUXpresso SDK armgcc flow"):
         vendor.require_mcux_sdk(load_board("rt685_hifi4"), {"MCUX_SDK_ROOT": str(tmp_path)})

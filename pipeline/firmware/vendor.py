@@ -126,6 +126,10 @@ def mcux_sdk_build(board: dict, *, source_dir, bundle_dir, network: str, out_dir
     environ = os.environ if environ is None else environ
     require_mcux_sdk(board, environ)
     sdk_root = Path(environ["MCUX_SDK_ROOT"])
+    device_cmake = sdk_root / "devices" / board["mcux"]["device"] / f"all_lib_device_{board['mcux']['device_core']}.cmake"
+    if not device_cmake.is_file():
+        raise ToolError(f"MCUX_SDK_ROOT={sdk_root}: {device_cmake} not found, so this is not an MCUXpresso SDK with "
+                        f"the {board['mcux']['device']} device (and its CMake modules); point MCUX_SDK_ROOT at one")
     cmsis_include = cmsis_core_include(sdk_root, environ)
     env = {**environ, "ARMGCC_DIR": environ.get("ARMGCC_DIR", "/usr")}
     out_dir, results = Path(out_dir), {}
