@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from pipeline.core.config import load_board
+from pipeline.core.config import available_boards, load_board
 from pipeline.core.tools import Skipped, ToolError
 from pipeline.delivery import report
 from pipeline.firmware import app, vendor
@@ -89,7 +89,7 @@ def test_zephyr_command_and_skip(board_name, target, variant, tmp_path, monkeypa
 
 
 # ---------------------------------------------------------------------------------------- MCUXpresso SDK armgcc
-ARM_BOARDS = ["rt1060", "rt685_m33"]
+SDK_BOARDS = [name for name in available_boards() if "targets" in load_board(name).get("mcux", {})]
 
 
 @needs_cmake
@@ -108,7 +108,12 @@ def test_mcux_sdk_skips_without_sdk_and_leaves_nothing(tmp_path):
         vendor.require_mcux_sdk(load_board("rt685_hifi4"), {"MCUX_SDK_ROOT": str(tmp_path)})
 
 
-@pytest.mark.parametrize("board_name", ARM_BOARDS)
+def test_every_arm_board_has_the_sdk_flow():
+    assert SDK_BOARDS == [name for name in available_boards() if load_board(name)["toolchain"] == "arm-none-eabi"]
+    assert SDK_BOARDS  # rt1060 and rt685_m33
+
+
+@pytest.mark.parametrize("board_name", SDK_BOARDS)
 def test_generated_sdk_projects_use_the_sdks_modules(board_name, tmp_path):
     board = load_board(board_name)
     mcux = board["mcux"]
@@ -176,7 +181,7 @@ def sdk_builds(tmp_path_factory):
     export_onnx(train_tiny_model(images, labels, steps=2, channels=(32, 32, 64, 128)), work / "cifar.onnx")
     profile.make_profile(work / "cifar.onnx", images[:10], work / "profile.yml")
     builds = {}
-    for name in ARM_BOARDS:
+    for name in SDK_BOARDS:
         board, out = load_board(name), work / name
         bundle.make_bundle(work / "cifar.onnx", work / "profile.yml", board, out / "bundle")
         write_image_inc(images[0], out / "source" / "input_image_test.inc", "synthetic 0", 0, "airplane")
@@ -193,7 +198,7 @@ def _symbols(elf) -> dict:
     return {parts[2]: int(parts[0], 16) for parts in (line.split() for line in text.splitlines()) if len(parts) == 3}
 
 
-@pytest.mark.parametrize("board_name", ARM_BOARDS)
+@pytest.mark.parametrize("board_name", SDK_BOARDS)
 def test_sdk_builds_ram_and_flash_images(sdk_builds, board_name):
     board, out, summary = sdk_builds[board_name]
     assert json.loads((out / "mcux_sdk.json").read_text()) == summary
