@@ -208,8 +208,8 @@ def reference_outputs(bundle_dir, inputs, work_dir, network: str, onnx_path=None
     built_in.mkdir(parents=True, exist_ok=True)
     for name, data in generate_sources(onnx_path, profile_path, network).items():
         (built_in / name).write_bytes(data)
-    return (host_outputs(built_in, inputs, work_dir, network),
-            f"built-in int8 bundle of the same model and profile ({Path(profile_path).name})", GLOW_CONFIDENCE_TOLERANCE)
+    source = f"built-in int8 bundle of the same model and profile ({Path(profile_path).name})"
+    return host_outputs(built_in, inputs, work_dir, network), source, GLOW_CONFIDENCE_TOLERANCE
 
 
 def emulate_stage(board: dict, *, data_dir, count: int, elf, bundle_dir, image_inc, out_dir, network: str,

@@ -89,16 +89,16 @@ def mcux_sdk_targets(board: dict, out_dir) -> list[Path]:
 
 def hex_start_address(path) -> int:
     """Lowest address an Intel HEX file writes (where its .bin twin starts)."""
-    upper, lowest = 0, None
+    upper, starts = 0, []
     for line in Path(path).read_text().split():
         count, address, kind = int(line[1:3], 16), int(line[3:7], 16), int(line[7:9], 16)
         if kind == 4:  # extended linear address: the upper 16 bits of what follows
             upper = int(line[9:13], 16) << 16
         elif kind == 0 and count:
-            lowest = min(lowest if lowest is not None else upper + address, upper + address)
-    if lowest is None:
+            starts.append(upper + address)
+    if not starts:
         raise ValueError(f"{path}: an Intel HEX file with no data records")
-    return lowest
+    return min(starts)
 
 
 def image_figures(board: dict, target: str, folder) -> dict:
@@ -126,10 +126,11 @@ def mcux_sdk_build(board: dict, *, source_dir, bundle_dir, network: str, out_dir
     environ = os.environ if environ is None else environ
     require_mcux_sdk(board, environ)
     sdk_root = Path(environ["MCUX_SDK_ROOT"])
-    device_cmake = sdk_root / "devices" / board["mcux"]["device"] / f"all_lib_device_{board['mcux']['device_core']}.cmake"
+    mcux = board["mcux"]
+    device_cmake = sdk_root / "devices" / mcux["device"] / f"all_lib_device_{mcux['device_core']}.cmake"
     if not device_cmake.is_file():
         raise ToolError(f"MCUX_SDK_ROOT={sdk_root}: {device_cmake} not found, so this is not an MCUXpresso SDK with "
-                        f"the {board['mcux']['device']} device (and its CMake modules); point MCUX_SDK_ROOT at one")
+                        f"the {mcux['device']} device (and its CMake modules); point MCUX_SDK_ROOT at one")
     cmsis_include = cmsis_core_include(sdk_root, environ)
     env = {**environ, "ARMGCC_DIR": environ.get("ARMGCC_DIR", "/usr")}
     out_dir, results = Path(out_dir), {}

@@ -61,7 +61,8 @@ def tune_command(tools: dict, onnx_path, profile_in, dataset_dir, labels_csv, pr
     """model-tuner on the tuning set (the note's GlowCifar10 folder with Labels.csv)."""
     return [tools["model-tuner"], f"-model={onnx_path}", model_input_option(input_name), *IMAGE_OPTIONS,
             f"-dataset-path={dataset_dir}", f"-dataset-file={labels_csv}", f"-load-profile={profile_in}",
-            f"-dump-tuned-profile={profile_out}", *QUANT_OPTIONS, f"-target-accuracy={target_accuracy:g}", BACKEND_OPTION]
+            f"-dump-tuned-profile={profile_out}", *QUANT_OPTIONS, f"-target-accuracy={target_accuracy:g}",
+            BACKEND_OPTION]
 
 
 def help_option_names(help_text: str) -> frozenset:
