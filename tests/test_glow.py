@@ -194,3 +194,23 @@ def test_runners_leave_glows_files_through_the_standins(tmp_path, monkeypatch):
     runs = [json.loads(line) for line in (tmp_path / "glow.log").read_text().splitlines()]
     assert [run["tool"] for run in runs] == ["image-classifier", "model-tuner", "model-compiler"]
     assert [run["options"]["backend"] for run in runs[1:]] == ["CPU", "CPU"]
+
+
+def test_a_glow_made_profile_is_read_by_tensor_names(tmp_path):
+    """The direction that works (docs/int8-backend.md): a profile carrying Glow's own GraphPreLowerHash, which the
+    built-in backend cannot compute, is read by its tensor names: the bundle is the one the same ranges give."""
+    from pipeline.int8 import bundle, profile
+    from tiny_model import export_onnx, synthetic_images, train_tiny_model
+
+    images, labels = synthetic_images(64, seed=4)
+    export_onnx(train_tiny_model(images, labels, steps=3), tmp_path / "cifar.onnx")
+    ours = tmp_path / "profile.yml"
+    profile.make_profile(tmp_path / "cifar.onnx", images[:10], ours)
+    text = ours.read_text()
+    own_hash = f"0x{profile.model_hash(tmp_path / 'cifar.onnx'):016X}"
+    assert own_hash in text
+    glow_made = tmp_path / "glow_profile.yml"
+    glow_made.write_text(text.replace(own_hash, "0x5BD1E9955BD1E995"))  # another graph hash, same ranges
+    assert profile.read_profile(glow_made).graph_hash == 0x5BD1E9955BD1E995
+    assert bundle.generate_sources(tmp_path / "cifar.onnx", glow_made) == \
+        bundle.generate_sources(tmp_path / "cifar.onnx", ours)
