@@ -4,6 +4,7 @@ Run `doit` (or `doit config=configs/smoke.toml`). Each task names its stage func
 reads and writes (all from the layout) and the parameters it passes; `step` derives the rest: the code it
 depends on, its config dependency (exactly those parameters), the step cache and skip records.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from pipeline.core.tasks import hold_build_lock, skip_reason, stage, step, stop_
 from pipeline.core.tools import ToolError
 from pipeline.firmware.emulator import require_emulator
 from pipeline.firmware.link import require_toolchain
-from pipeline.firmware.vendor import require_mcux_sdk, require_zephyr
+from pipeline.firmware.vendor import mcux_sdk_targets, require_mcux_sdk, require_zephyr
 from pipeline.int8 import glow
 from pipeline.int8.bundle import require_compiler
 from pipeline.model import dataset
@@ -34,10 +35,15 @@ NAME, CHANNELS = LAYOUT.network, CONFIG["model"]["channels"]
 QUANT, FIRMWARE, EVALUATION = CONFIG["quantization"], CONFIG["firmware"], CONFIG["evaluation"]
 BOARDS = [LAYOUT.board(configuration.load_board(board)) for board in FIRMWARE["boards"]]
 # Why a step cannot run on this machine, per board (absent: it runs), decided once when the graph is declared.
-CHECKS = {"bundle_object": require_compiler, "firmware": require_toolchain, "emulate": require_emulator,
+CHECKS = {**({"bundle": glow.require_bundle_tools} if BACKEND == "glow" else {}),
+          "bundle_object": require_compiler, "firmware": require_toolchain, "emulate": require_emulator,
           "zephyr": require_zephyr, "mcux_sdk": require_mcux_sdk}
 SKIPS = {board.board: {step_name: reason for step_name, check in CHECKS.items()
-                              if (reason := skip_reason(check, board.spec))} for board in BOARDS}
+                       if (reason := skip_reason(check, board.spec))} for board in BOARDS}
+for board_name, skips in SKIPS.items():  # a bundle Glow cannot make here skips every step built on it
+    if "bundle" in skips:
+        skips.update({step_name: f"bundle:{board_name} {skips['bundle']}"
+                      for step_name in ("main_c", "firmware", "emulate", "zephyr", "mcux_sdk")})
 
 hold_build_lock(LAYOUT.build)
 stop_cleanly_on_interrupt()
@@ -108,8 +114,13 @@ def task_accuracy():
 def task_bundle():
     """The int8 bundle per board: <name>.h/.c/.weights.bin/.weights.txt and <name>.o for the board's core."""
     for board in BOARDS:
+        skips = SKIPS[board.board]
+        if "bundle" in skips:
+            yield step("int8.quantize:bundle_stage", subtask=board.board, skip=skips["bundle"],
+                       record=board.skip_record("bundle"))
+            continue
         # Without the board's compiler the sources, header and weights are still built; only the object waits.
-        reason = SKIPS[board.board].get("bundle_object")
+        reason = skips.get("bundle_object")
         yield step("int8.quantize:bundle_stage", subtask=board.board, skip=reason, skip_part=True,
                    record=board.skip_record("bundle_object"), inputs=[LAYOUT.onnx, LAYOUT.tuned, board.board_file],
                    outputs=board.bundle_files + ([] if reason else [board.object]), backend=BACKEND,
@@ -128,8 +139,9 @@ def task_image_inc():
 def task_main_c():
     """main.c rendered from mcux_app/main.c.j2: the app note's patched SDK example, done by the graph."""
     for board in BOARDS:
-        yield step("firmware.app:main_c_stage", subtask=board.board,
-                   inputs=[board.header, board.image_inc, LAYOUT.classes, board.board_file], outputs=[board.main_c],
+        yield step("firmware.app:main_c_stage", subtask=board.board, skip=SKIPS[board.board].get("main_c"),
+                   record=board.skip_record("main_c"), outputs=[board.main_c],
+                   inputs=[board.header, board.image_inc, LAYOUT.classes, board.board_file],
                    board=board.spec, data_dir=LAYOUT.data, bundle_dir=board.bundle, source_dir=board.source,
                    network=NAME, hardening=FIRMWARE["hardening"].get(board.board))
 
@@ -145,38 +157,54 @@ def task_firmware():
 
 
 def task_emulate():
-    """Run the firmware under QEMU (-icount): instructions per inference, checked against the host bundle."""
+    """Run the firmware under QEMU (-icount): instructions per inference, checked against the host bundle (for a
+    Glow bundle, which has no C: against the built-in bundle of the same model and profile)."""
+    glow_reference = {"onnx_path": LAYOUT.onnx, "profile_path": LAYOUT.tuned} if BACKEND == "glow" else {}
     for board in BOARDS:
         skips = SKIPS[board.board]
         yield step("firmware.emulator:emulate_stage", subtask=board.board,
                    skip=skips.get("emulate") or skips.get("firmware"), record=board.skip_record("emulate"),
                    inputs=[board.emulator_elf, board.image_inc, board.object, *board.bundle_files,
-                           *LAYOUT.split("test")],
+                           *LAYOUT.split("test"), *glow_reference.values()],
                    outputs=board.emulator_outputs, board=board.spec, data_dir=LAYOUT.data,
                    count=FIRMWARE["emulator_images"], elf=board.emulator_elf, bundle_dir=board.bundle,
                    image_inc=board.image_inc, out_dir=board.root, network=NAME, timeout=FIRMWARE["emulator_timeout"],
-                   hardening=FIRMWARE["hardening"].get(board.board))
+                   hardening=FIRMWARE["hardening"].get(board.board), **glow_reference)
 
 
-def vendor_builds(step_name: str, function: str):
-    """zephyr:<board> and mcux_sdk:<board>: the same app built by the vendor flows when the user has them."""
-    for board in BOARDS:
-        yield step(f"firmware.vendor:{function}", subtask=board.board,
-                   skip=SKIPS[board.board].get(step_name), record=board.skip_record(step_name),
-                   inputs=[board.main_c, board.image_inc, board.object, board.board_file, *board.bundle_files],
-                   outputs=[board.vendor_elf(step_name)], board=board.spec, source_dir=board.source,
-                   bundle_dir=board.bundle, network=NAME, hardening=bool(FIRMWARE["hardening"].get(board.board)),
-                   **{"build_dir" if step_name == "zephyr" else "out_dir": board.vendor_dir(step_name)})
+def vendor_step(function: str, board, outputs: list, **params) -> dict:
+    """zephyr:<board> or mcux_sdk:<board>: the same app built by a vendor flow when the user has its tree."""
+    step_name = "zephyr" if function == "zephyr_build" else "mcux_sdk"
+    return step(f"firmware.vendor:{function}", subtask=board.board, skip=SKIPS[board.board].get(step_name),
+                record=board.skip_record(step_name), outputs=outputs,
+                inputs=[board.main_c, board.image_inc, board.object, board.board_file, *board.bundle_files],
+                state={"trees": [os.environ.get(v) for v in ("ZEPHYR_BASE", "MCUX_SDK_ROOT", "CMSIS_ROOT")]},
+                board=board.spec, source_dir=board.source, bundle_dir=board.bundle, network=NAME,
+                hardening=bool(FIRMWARE["hardening"].get(board.board)), **params)
 
 
 def task_zephyr():
     """West build of zephyr_app/ for the board's Zephyr target (needs ZEPHYR_BASE)."""
-    yield from vendor_builds("zephyr", "zephyr_build")
+    for board in BOARDS:
+        yield vendor_step("zephyr_build", board, [board.root / VENDOR_ELFS["zephyr"]], build_dir=board.zephyr)
 
 
 def task_mcux_sdk():
-    """MCUXpresso SDK armgcc build of the same app (needs MCUX_SDK_ROOT)."""
-    yield from vendor_builds("mcux_sdk", "mcux_sdk_build")
+    """MCUXpresso SDK armgcc builds of the same app, RAM and flash (XIP) images (needs MCUX_SDK_ROOT)."""
+    for board in BOARDS:
+        images = [] if "mcux_sdk" in SKIPS[board.board] else mcux_sdk_targets(board.spec, board.mcux)
+        yield vendor_step("mcux_sdk_build", board, images, out_dir=board.mcux)
+
+
+def task_flash():
+    """Program the board's SDK flash image into the EVK through a debug probe (pyOCD or LinkServer); skipped with
+    the reason when there is none. Not a default task: it acts on hardware, so it runs whenever asked."""
+    for board in BOARDS:
+        reason = SKIPS[board.board].get("mcux_sdk")
+        yield {**step("firmware.flashing:flash_stage", subtask=board.board, record=board.skip_record("flash"),
+                      skip=reason and f"mcux_sdk:{board.board} {reason}", outputs=[board.flash_record],
+                      inputs=[] if reason else mcux_sdk_targets(board.spec, board.mcux), board=board.spec,
+                      mcux_dir=board.mcux, out_path=board.flash_record), "uptodate": [False]}
 
 
 def task_int8_predictions():
@@ -207,8 +235,8 @@ def task_robustness():
 
 def task_parity():
     """PyTorch vs ONNX Runtime vs OpenCV DNN on the validation images, and the int8 bundle against each."""
-    return step("evaluations.parity:run_stage", cached=True, inputs=[LAYOUT.pth, LAYOUT.onnx, LAYOUT.int8_predictions("val"),
-                                                        *LAYOUT.split("val")],
+    return step("evaluations.parity:run_stage", cached=True,
+                inputs=[LAYOUT.pth, LAYOUT.onnx, LAYOUT.int8_predictions("val"), *LAYOUT.split("val")],
                 outputs=LAYOUT.evaluation_files("parity"), pth_path=LAYOUT.pth, channels=CHANNELS,
                 onnx_path=LAYOUT.onnx, data_dir=LAYOUT.data, out_dir=LAYOUT.evaluation("parity"),
                 max_images=EVALUATION["parity_images"], int8_predictions_path=LAYOUT.int8_predictions("val"))
@@ -219,7 +247,7 @@ def task_report():
     evaluations, provenance."""
     evaluations = {kind: dict(zip(("summary", "markdown", "figure"), LAYOUT.evaluation_files(kind)))
                    for kind in EVALUATION_FILES}
-    vendor_files = [board.vendor_elf(step_name) for board in BOARDS for step_name in VENDOR_ELFS
+    vendor_files = [board.root / elf for board in BOARDS for step_name, elf in VENDOR_ELFS.items()
                     if step_name not in SKIPS[board.board]]
     named = {"accuracy_file": LAYOUT.accuracy, "metrics_file": LAYOUT.metrics, "training_figure": LAYOUT.training_plot,
              "test_labels": LAYOUT.split("test")[1], "classes_file": LAYOUT.classes,

@@ -4,11 +4,13 @@
 # step cache's test server).
 # Without root or apt, prints the exact command to run and fails.
 set -euo pipefail
-packages=(gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)
+packages=(gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake)
 missing=()
 command -v arm-none-eabi-gcc >/dev/null || missing+=(gcc-arm-none-eabi)
 [ -f /usr/lib/arm-none-eabi/newlib/libc.a ] || [ -f /usr/lib/arm-none-eabi/lib/libc.a ] || missing+=(libnewlib-arm-none-eabi)
 command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
+# The MCUXpresso SDK and Zephyr flows are CMake projects (their tests configure real CMake projects).
+command -v cmake >/dev/null || missing+=(cmake)
 if [ "${1:-}" = "--with-test-tools" ]; then
     packages+=(chromium nginx libnginx-mod-http-dav-ext)
     command -v chromium >/dev/null || missing+=(chromium)

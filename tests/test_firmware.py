@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.int8 import bundle
-from pipeline.firmware import app, emulator, link, vendor
+from pipeline.firmware import app, emulator, link
 from pipeline.int8 import profile
 from pipeline.core.config import load_board
 from pipeline.evaluations.hardening import harden
@@ -76,6 +76,26 @@ def test_firmware_under_qemu_equals_host_bundle_bit_for_bit(board_build, model_f
     for result, probs in zip(results, softmax(reference)):
         assert abs(result.confidence_value - probs[result.top1]) <= 1e-3
         assert result.confidence == pytest.approx(probs[result.top1], abs=5e-4)  # the printed 0.xxx
+
+
+def test_a_bundle_without_c_is_checked_against_the_built_in_bundle_of_its_profile(board_build, model_files,
+                                                                                 tmp_path):
+    """A Glow bundle ships an object and no C: the firmware is then checked against the built-in backend's bundle
+    generated from the same ONNX model and profile (here that is the firmware's own bundle, so they agree)."""
+    board, elfs, reference, summary, out = board_build
+    work, _, extra = model_files
+    glow_like = shutil.copytree(out / "bundle", tmp_path / "bundle")
+    (glow_like / "cifar.c").unlink()
+    arguments = dict(elf=elfs["emulator_elf"], bundle_dir=glow_like, image_inc=out / "source" / "input_image_test.inc",
+                     images=extra, labels=LABELS, network="cifar", timeout=60)
+    with pytest.raises(emulator.FirmwareError, match="has no cifar.c .*onnx_path, profile_path"):
+        emulator.emulation_stage(board, out_dir=tmp_path / "no_model", **arguments)
+    result = emulator.emulation_stage(board, out_dir=tmp_path, onnx_path=work / "cifar.onnx",
+                                      profile_path=work / "profile.yml", **arguments)
+    check = result["check"]
+    assert check["reference"] == "built-in int8 bundle of the same model and profile (profile.yml)"
+    assert check["confidence_tolerance"] == emulator.GLOW_CONFIDENCE_TOLERANCE
+    assert check["top1_equal"] == check["images"] == 1 + len(extra)
 
 
 def test_console_has_the_app_notes_lines(board_build):
@@ -253,41 +273,6 @@ def test_xtensa_command_uses_the_boards_core_and_lsp():
     assert cmd[:3] == ["xt-clang", "--xtensa-core=nxp_rt600_RI23_11_newlib",
                        "--xtensa-system=/opt/xtensa/registry"]
     assert "-mlsp=sim" in cmd and "/b/bundle/cifar.o" in cmd and cmd[-2:] == ["-o", "firmware.elf"]
-
-
-@pytest.mark.parametrize("board_name,target,variant", [
-    ("rt1060", "mimxrt1060_evk/mimxrt1062/qspi", "gnuarmemb"),
-    ("rt685_m33", "mimxrt685_evk/mimxrt685s/cm33", "gnuarmemb"),
-    ("rt685_hifi4", "mimxrt685_evk/mimxrt685s/hifi4", "zephyr"),
-])
-def test_zephyr_command_and_skip(board_name, target, variant, tmp_path):
-    board = load_board(board_name)
-    cmd, env = vendor.zephyr_build_command(board, build_dir="build/z", source_dir="build/src",
-                                             bundle_dir="build/bundle", network="cifar", hardening=True)
-    assert cmd[:7] == ["west", "build", "-p", "auto", "-b", target, "-d"]
-    assert cmd[8] == str(vendor.ZEPHYR_APP)
-    assert cmd[9:] == ["--", "-DAPP_SOURCE_DIR=build/src", "-DBUNDLE_DIR=build/bundle", "-DNETWORK=cifar",
-                       "-DHARDENING=ON"]
-    assert env["ZEPHYR_TOOLCHAIN_VARIANT"] == variant
-    assert env.get("GNUARMEMB_TOOLCHAIN_PATH") == ("/usr" if variant == "gnuarmemb" else None)
-    with pytest.raises(Skipped, match="skipped: ZEPHYR_BASE is not set"):
-        vendor.zephyr_build(board, build_dir=tmp_path, source_dir=tmp_path, bundle_dir=tmp_path,
-                              network="cifar", environ={"PATH": "/usr/bin"})
-
-
-def test_mcux_sdk_flow_skips_without_sdk_and_renders_the_ram_project(tmp_path):
-    board = load_board("rt1060")
-    with pytest.raises(Skipped, match="skipped: MCUX_SDK_ROOT is not set"):
-        vendor.mcux_sdk_build(board, source_dir=tmp_path, bundle_dir=tmp_path, network="cifar",
-                                out_dir=tmp_path / "sdk", environ={})
-    assert not (tmp_path / "sdk").exists()
-    cmake = vendor.render_mcux_cmake(tmp_path / "CMakeLists.txt", board, "cifar").read_text()
-    assert "-T${DEVICE_DIR}/gcc/MIMXRT1062xxxxx_ram.ld" in cmake
-    assert "MCUX_BOARD_INIT=(BOARD_ConfigMPU(), BOARD_InitBootPins()" in cmake
-    assert "${BUNDLE_DIR}/cifar.o" in cmake and "/work" not in cmake and str(tmp_path) not in cmake
-    configure, build = vendor.mcux_sdk_commands("/sdk", "p", "p/build", "src", "bundle")
-    assert "-DCMAKE_TOOLCHAIN_FILE=/sdk/tools/cmake_toolchain_files/armgcc.cmake" in configure
-    assert "-DCMAKE_BUILD_TYPE=release" in configure and build == ["cmake", "--build", "p/build"]
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")

@@ -40,7 +40,8 @@ def test_export_key_does_not_retrain(smoke_copy):
 def test_editing_a_stage_reruns_it_and_identical_output_stops_there(smoke_copy):
     tree, env = smoke_copy
     before = (tree / "build" / "model" / "cifar.pth").read_bytes()
-    edit(tree / "pipeline" / "model" / "train.py", '"""Training stage', '# an edit that changes no behaviour\n"""Training stage')
+    edit(tree / "pipeline" / "model" / "train.py", '"""Training stage',
+         '# an edit that changes no behaviour\n"""Training stage')
     ran = executed(run_doit(tree, SMOKE, env=env))
     assert "train" in ran, "editing a stage's own source reruns it"
     assert (tree / "build" / "model" / "cifar.pth").read_bytes() == before

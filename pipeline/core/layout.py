@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATASET_ARRAYS = tuple(f"{split}_{kind}.npy" for split in ("train", "val", "test") for kind in ("images", "labels"))
-# The vendor flows' ELF of a board, relative to build/<board>/, by step.
-VENDOR_ELFS = {"zephyr": "zephyr/zephyr/zephyr.elf", "mcux_sdk": "mcux/build/firmware.elf"}
+# The vendor flows' ELF of a board, relative to build/<board>/, by step; the SDK flow's images are listed by
+# pipeline/firmware/vendor.py (mcux_sdk_targets) and summed up in mcux/mcux_sdk.json.
+VENDOR_ELFS = {"zephyr": "zephyr/zephyr/zephyr.elf"}
 EVALUATION_FILES = {"hardening": ("hardening.json", "hardening.md", "hardening.png"),
                     "robustness": ("robustness.json", "robustness.md", "robustness.png"),
                     "parity": ("parity.json", "parity.md")}
@@ -90,20 +91,33 @@ class BoardLayout:
     def emulator_outputs(self) -> list[Path]:
         return [self.root / "emulator.log", self.root / "emulator.json"]
 
-    def vendor_dir(self, step: str) -> Path:
-        """The folder a vendor flow (a key of VENDOR_ELFS) builds in."""
-        return self.root / Path(VENDOR_ELFS[step]).parts[0]
+    @property
+    def zephyr(self) -> Path:
+        return self.root / "zephyr"
 
-    def vendor_elf(self, step: str) -> Path:
-        return self.root / VENDOR_ELFS[step]
+    @property
+    def mcux(self) -> Path:
+        return self.root / "mcux"
+
+    @property
+    def mcux_summary(self) -> Path:
+        return self.mcux / "mcux_sdk.json"
+
+    @property
+    def flash_record(self) -> Path:
+        return self.root / "flash.json"
 
     def skip_record(self, step: str) -> Path:
         return self.root / "skipped" / f"{step}.txt"
 
     def deliverables(self, skipped_steps) -> list[Path]:
         """What the report and the release read of this board: what its steps made, or their skip records."""
-        files = [*self.bundle_files, self.image_inc, self.main_c]
-        files += [self.skip_record(step) for step in skipped_steps]
+        files = [self.image_inc, *(self.skip_record(step) for step in skipped_steps)]
+        if "bundle" in skipped_steps:  # with Glow, a bundle it cannot make here: nothing after it either
+            return files
+        files += [*self.bundle_files, self.main_c]
+        if "mcux_sdk" not in skipped_steps:
+            files.append(self.mcux_summary)
         if "bundle_object" not in skipped_steps:
             files.append(self.object)
         if "firmware" not in skipped_steps:

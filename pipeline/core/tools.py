@@ -2,6 +2,7 @@
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -42,26 +43,59 @@ def run_tool(cmd, install_hint: str, cwd=None, tail_lines: int = 30, env=None) -
     return result
 
 
-ARM_INSTALL_HINT = ("Install the Arm GNU toolchain (Debian: apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi, "
-                    "or run make bootstrap).")
-XTENSA_INSTALL_HINT = ("Install the Cadence Xtensa tools (xt-clang) with the RT685 HiFi4 core as in NXP's RT685 HiFi4 "
-                       "readme, or build with Zephyr.")
+@dataclass(frozen=True)
+class Toolchain:
+    """A cross toolchain as data: how its tools are named, where they are looked for, what else it needs, and
+    what a user without it is told. Boards name theirs in boards/<board>.toml (`toolchain`)."""
+
+    name: str
+    label: str  # how messages name it
+    prefix: str  # of every tool's name: <prefix>ld, <prefix>ar (archiver), <prefix>size, <prefix>objcopy
+    compiler: str  # the C compiler's name after the prefix (role "cc")
+    folder_variable: str  # environment variable naming the folder of the tools (else PATH)
+    install_hint: str
+    required_variables: tuple = ()  # environment the tools need besides themselves
+    installed_by_bootstrap: bool = False  # then absence is an error (make bootstrap); else a step skipped
+
+    def tool(self, role: str, board_name: str) -> str:
+        """Path of the tool with that role: ToolError or Skipped (installed_by_bootstrap or not) when absent."""
+        if role not in ROLES:
+            raise ValueError(f"unknown tool role {role!r}; roles: {', '.join(ROLES)}")
+        name = self.prefix + (self.compiler if role == "cc" else role)
+        path = find_tool(name, self.folder_variable)
+        missing = [v for v in self.required_variables if not os.environ.get(v)]
+        if path is not None and not missing:
+            return path
+        absent = f"{name} not found (on PATH, or in ${self.folder_variable})" if path is None else \
+            f"{' and '.join(missing)} not set"
+        if self.installed_by_bootstrap:
+            raise ToolError(f"{absent} for {board_name}. {self.install_hint}")
+        raise Skipped(f"no {self.label} toolchain for {board_name}: {absent}. {self.install_hint}")
 
 
-def arm_tool(tool: str) -> str:
-    """arm-none-eabi-<tool>: the bootstrap installs it, so its absence is an error with the install command."""
-    name = f"arm-none-eabi-{tool}"
-    path = find_tool(name, "ARM_TOOLCHAIN_BIN")
-    if path is None:
-        raise ToolError(f"{name} not found on PATH (or set ARM_TOOLCHAIN_BIN to its folder). {ARM_INSTALL_HINT}")
-    return path
+ROLES = ("cc", "ld", "ar", "size", "objcopy")
+TOOLCHAINS = {toolchain.name: toolchain for toolchain in (
+    Toolchain("arm-none-eabi", "Arm GNU", prefix="arm-none-eabi-", compiler="gcc", folder_variable="ARM_TOOLCHAIN_BIN",
+              installed_by_bootstrap=True,
+              install_hint="Install the Arm GNU toolchain (Debian: apt-get install gcc-arm-none-eabi "
+                           "libnewlib-arm-none-eabi, or run make bootstrap)."),
+    Toolchain("xtensa", "Xtensa", prefix="xt-", compiler="clang", folder_variable="XTENSA_TOOLS",
+              required_variables=("XTENSA_SYSTEM",),
+              install_hint="Install the Cadence Xtensa tools (xt-clang) with the RT685 HiFi4 core as in NXP's RT685 "
+                           "HiFi4 readme: set XTENSA_TOOLS to their bin folder and XTENSA_SYSTEM to the core "
+                           "registry; or build with Zephyr."),
+)}
 
 
-def xtensa_tool(board: dict, tool: str = "xt-clang") -> str:
-    """An Xtensa tool for the board (XTENSA_TOOLS or PATH, with XTENSA_SYSTEM set); Skipped when the user has
-    not provided them: the one check every Xtensa step uses."""
-    path = find_tool(tool, "XTENSA_TOOLS")
-    if path is None or not os.environ.get("XTENSA_SYSTEM"):
-        raise Skipped(f"no Xtensa toolchain for {board['name']} (set XTENSA_TOOLS to the folder of xt-clang and "
-                      f"XTENSA_SYSTEM to the core registry holding {board['xtensa']['core']})")
-    return path
+def board_toolchain(board: dict) -> Toolchain:
+    """The Toolchain boards/<board>.toml names; a clear error for an unknown one."""
+    try:
+        return TOOLCHAINS[board["toolchain"]]
+    except KeyError:
+        raise ValueError(f"boards/{board.get('name')}.toml: unknown toolchain {board['toolchain']!r}; use one of "
+                         f"{', '.join(TOOLCHAINS)}") from None
+
+
+def board_tool(board: dict, role: str) -> str:
+    """The board's toolchain tool with that role (one of ROLES): see Toolchain.tool."""
+    return board_toolchain(board).tool(role, board["name"])

@@ -129,10 +129,11 @@ def emulator_layers(emulator: dict, source) -> list[dict] | None:
     return layers
 
 
-def board_entry(board: dict, network: str, *, elf=None, header=None, emulator_json=None,
+def board_entry(board: dict, network: str, *, elf=None, header=None, emulator_json=None, mcux_sdk_json=None,
                 skipped: dict[str, str] | None = None, vendor_elfs: dict | None = None) -> dict:
     """Gather one board's figures from its files (any may be None when that step was skipped).
-    vendor_elfs: {flow: ELF of that vendor build}, only the builds that ran."""
+    vendor_elfs: {flow: ELF of that vendor build}, only the builds that ran; mcux_sdk_json: the SDK images' sizes
+    (pipeline/firmware/vendor.py)."""
     prefix = network.upper() + "_"
     macros = header_macros(header) if header else None
     emulator = read_json(emulator_json) if emulator_json else None
@@ -144,6 +145,7 @@ def board_entry(board: dict, network: str, *, elf=None, header=None, emulator_js
         "emulator": emulator,
         "layers": emulator_layers(emulator, emulator_json) if emulator else None,
         "vendor": {flow: firmware_size(board, path) for flow, path in (vendor_elfs or {}).items()},
+        "mcux_sdk": read_json(mcux_sdk_json) if mcux_sdk_json else None,
         "skipped": dict(skipped or {}),
     }
 
@@ -284,16 +286,33 @@ def board_section(entry: dict, macs: int, figures: dict | None = None) -> str:
                   f"per-layer profile yet.", ""]
     if emulator:
         check = emulator["check"]
-        lines += [f"Emulator check: {check['images']} images through the same ELF; top-1 equal to the host-compiled "
-                  f"bundle on all {check['top1_equal']}, raw outputs bit-identical on {check['bit_identical']}, "
-                  f"largest confidence difference {check['max_confidence_difference']:.2e}.", ""]
+        lines += [f"Emulator check: {check['images']} images through the same ELF; top-1 equal to the "
+                  f"{check.get('reference', 'host-compiled bundle C')} on all {check['top1_equal']}, raw outputs "
+                  f"bit-identical on {check['bit_identical']}, largest confidence difference "
+                  f"{check['max_confidence_difference']:.2e}.", ""]
     if entry.get("vendor"):
         lines += _table(("Vendor build", "Flash (text + data)", "SRAM (data + bss)"),
                         [(flow, _bytes(s["flash"]), _bytes(s["sram"])) for flow, s in sorted(entry["vendor"].items())])
+    if entry.get("mcux_sdk"):
+        lines += sdk_images_table(entry["mcux_sdk"])
     lines += [f"- {step}: {_skip_text(reason)}" for step, reason in sorted(entry.get("skipped", {}).items())]
     if entry.get("skipped"):
         lines.append("")
     return "\n".join(lines)
+
+
+def sdk_images_table(summary: dict) -> list[str]:
+    """Markdown lines: the MCUXpresso SDK images of a board (pipeline/firmware/vendor.py mcux_sdk.json), sized by
+    arm-none-eabi-size, beside the bare-metal build above."""
+    lines = ["MCUXpresso SDK images (armgcc, the SDK's UART debug console; arm-none-eabi-size, bss includes heap and "
+             "stack):", "", "| Image | text | data | bss | RAM used | Flash image |", "|---|---|---|---|---|---|"]
+    for target, figures in summary["targets"].items():
+        flash = (f"{_bytes(figures['flash_image'])} at {figures['bin_address']:#010x}, "
+                 f"{'fits' if figures['fits_flash'] else 'does NOT fit'} {_bytes(figures['flash_capacity'])}"
+                 if "flash_image" in figures else "— (RAM image)")
+        lines.append(f"| {target} | {_bytes(figures['text'])} | {_bytes(figures['data'])} | {_bytes(figures['bss'])} "
+                     f"| {_bytes(figures['ram'])} | {flash} |")
+    return lines + [""]
 
 
 def evaluation_meaning(kind: str, summary: dict) -> str:
@@ -402,6 +421,7 @@ def report_stage(out_path, *, build_dir, boards: list[dict], network: str, backe
         entries.append(board_entry(board, network, elf=found(folder / "firmware.elf"),
                                    header=found(folder / "bundle" / f"{network}.h"),
                                    emulator_json=found(folder / "emulator.json"), skipped=read_skips(folder),
+                                   mcux_sdk_json=found(folder / "mcux" / "mcux_sdk.json"),
                                    vendor_elfs={flow: folder / rel for flow, rel in vendor_elfs.items()
                                                 if (folder / rel).is_file()}))
     accuracy, metrics = read_json(accuracy_file), read_json(metrics_file)

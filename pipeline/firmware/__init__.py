@@ -1,1 +1,2 @@
-"""Firmware: rendering the app, the bare-metal link, the emulator check, and the vendor (SDK, Zephyr) builds."""
+"""Firmware: rendering the app, the bare-metal link, the emulator check, the vendor (SDK, Zephyr) builds and
+programming the EVK (flashing)."""

@@ -18,11 +18,20 @@ from pipeline.core.atomic import write_bytes, write_text
 from pipeline.core.tools import Skipped, ToolError, find_tool
 from pipeline.evaluations import hardening as hardening_c
 from pipeline.firmware.app import read_image_inc
-from pipeline.int8.bundle import host_outputs
+from pipeline.int8.bundle import generate_sources, host_outputs
 from pipeline.model.evaluation import softmax
 from pipeline.model.shapes import to_input
 
 ICOUNT_SHIFT = 0
+
+
+# A Glow bundle is checked against the built-in backend's bundle of the same ONNX model and profile: both
+# quantize with Glow's schema from the same ranges, but Glow's kernels (and its graph lowering) round differently,
+# so outputs are not bit-identical; top-1 must be equal and the confidence within this much.
+GLOW_CONFIDENCE_TOLERANCE = 0.05
+BUILT_IN_TOLERANCE = 1e-3  # the firmware runs the very C of the host reference: only float printing differs
+
+
 QEMU_HINT = "install QEMU (Debian: apt-get install qemu-system-arm, or run make bootstrap)"
 
 
@@ -156,10 +165,12 @@ def compare_with_reference(results: list[ImageResult], reference_logits, labels,
 
 
 def emulate_and_check(board: dict, elf, inputs, reference_logits, labels, out_dir, timeout: float = 120.0,
-                      hardening: dict | None = None) -> dict:
+                      hardening: dict | None = None, reference: str = "host-compiled bundle C",
+                      tolerance: float = BUILT_IN_TOLERANCE) -> dict:
     """Run the firmware under emulation on its built-in test image followed by inputs[1:] (float32 input tensors;
     inputs[0] must be the built-in image), check every answer against reference_logits (host bundle, same
-    inputs), and write out_dir/emulator.log and out_dir/emulator.json. Returns the summary."""
+    inputs; `reference` says which, `tolerance` bounds the confidence difference), and write
+    out_dir/emulator.log and out_dir/emulator.json. Returns the summary."""
     out_dir = Path(out_dir)
     images_file = write_images_file(out_dir / "emulator_images.bin", np.asarray(inputs)[1:]) if len(inputs) > 1 \
         else None
@@ -173,14 +184,34 @@ def emulate_and_check(board: dict, elf, inputs, reference_logits, labels, out_di
                     "cycles": r.cycles, "instructions": round(r.cycles * instructions_per_tick(board))}
                    for r in results],
     }
-    summary["check"] = compare_with_reference(results, reference_logits, labels, hardening=hardening)
+    summary["check"] = {**compare_with_reference(results, reference_logits, labels, tolerance=tolerance,
+                                                 hardening=hardening),
+                        "reference": reference, "confidence_tolerance": tolerance}
     summary["instructions_per_inference"] = summary["images"][0]["instructions"]
     write_text(out_dir / "emulator.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 
+def reference_outputs(bundle_dir, inputs, work_dir, network: str, onnx_path=None, profile_path=None) -> tuple:
+    """(logits, what they come from, confidence tolerance) for checking the firmware on `inputs`: the bundle's own
+    C compiled for this machine when it has one (the built-in backend: the same code as the firmware), else (a Glow
+    bundle ships an object and no C) the built-in backend's bundle of the same ONNX model and profile."""
+    bundle_dir, work_dir = Path(bundle_dir), Path(work_dir)
+    if (bundle_dir / f"{network}.c").is_file():
+        return host_outputs(bundle_dir, inputs, work_dir, network), "host-compiled bundle C", BUILT_IN_TOLERANCE
+    if onnx_path is None or profile_path is None:
+        raise FirmwareError(f"{bundle_dir} has no {network}.c (a Glow bundle): checking its firmware needs the ONNX "
+                            "model and the profile it was compiled with (onnx_path, profile_path)")
+    built_in = work_dir / "built-in bundle"
+    built_in.mkdir(parents=True, exist_ok=True)
+    for name, data in generate_sources(onnx_path, profile_path, network).items():
+        (built_in / name).write_bytes(data)
+    source = f"built-in int8 bundle of the same model and profile ({Path(profile_path).name})"
+    return host_outputs(built_in, inputs, work_dir, network), source, GLOW_CONFIDENCE_TOLERANCE
+
+
 def emulate_stage(board: dict, *, data_dir, count: int, elf, bundle_dir, image_inc, out_dir, network: str,
-                  timeout: float, hardening: dict | None = None) -> dict:
+                  timeout: float, hardening: dict | None = None, onnx_path=None, profile_path=None) -> dict:
     """emulation_stage on the built-in test image and the first `count - 1` test images (one per class first)."""
     from pipeline.model.dataset import load_classes, load_split
     from pipeline.model.evaluation import balanced_subset
@@ -189,17 +220,18 @@ def emulate_stage(board: dict, *, data_dir, count: int, elf, bundle_dir, image_i
     keep = balanced_subset(labels, count - 1) if count > 1 else np.array([], dtype=int)
     emulation_stage(board, elf=elf, bundle_dir=bundle_dir, image_inc=image_inc, images=images[keep],
                     labels=load_classes(data_dir), out_dir=out_dir, network=network, timeout=timeout,
-                    hardening=hardening)
+                    hardening=hardening, onnx_path=onnx_path, profile_path=profile_path)
 
 
 def emulation_stage(board: dict, *, elf, bundle_dir, image_inc, images, labels, out_dir, network: str,
-                    timeout: float = 120.0, hardening: dict | None = None) -> dict:
+                    timeout: float = 120.0, hardening: dict | None = None, onnx_path=None, profile_path=None) -> dict:
     """Run the firmware under emulation on its built-in test image (image_inc) and then `images` (uint8 NHWC,
-    e.g. the first few test images), with the host-compiled bundle on the same inputs as the reference.
+    e.g. the first few test images), against the host reference of reference_outputs on the same inputs.
     Writes out_dir/emulator.log and out_dir/emulator.json; raises FirmwareError on a hang, crash or a wrong
     answer, ToolError when QEMU is missing, Skipped when the board has no emulator."""
     require_emulator(board)
     inputs = np.concatenate([read_image_inc(image_inc)[None], to_input(images).reshape(len(images), -1)])
     with tempfile.TemporaryDirectory() as work:
-        reference = host_outputs(bundle_dir, inputs, work, network)
-    return emulate_and_check(board, elf, inputs, reference, labels, out_dir, timeout=timeout, hardening=hardening)
+        reference, source, tolerance = reference_outputs(bundle_dir, inputs, work, network, onnx_path, profile_path)
+    return emulate_and_check(board, elf, inputs, reference, labels, out_dir, timeout=timeout, hardening=hardening,
+                             reference=source, tolerance=tolerance)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from pipeline.core.atomic import atomic_path, write_text
-from pipeline.core.tools import ARM_INSTALL_HINT, Skipped, arm_tool, run_tool, xtensa_tool
+from pipeline.core.tools import Skipped, board_tool, board_toolchain, run_tool
 from pipeline.firmware.app import HARDENING_SOURCE, MCUX_APP, _jinja, render_board_main_c
 
 BARE_METAL_SOURCES = ("startup_cortexm.c", "platform_semihost.c")
@@ -48,14 +48,15 @@ def render_linker_script(out_path, board: dict, for_emulator: bool = False) -> P
 
 def require_toolchain(board: dict) -> str:
     """The board's C compiler: arm-none-eabi-gcc, or xt-clang (with XTENSA_SYSTEM) for Xtensa boards."""
-    return xtensa_tool(board) if board["toolchain"] == "xtensa" else _arm_tool(board, "gcc")
+    return board_tool(board, "cc")
 
 
-def _arm_tool(board: dict, tool: str) -> str:
+def _arm_tool(board: dict, role: str) -> str:
+    """A tool of the bare-metal Arm build, which applies to arm-none-eabi boards only."""
     if board["toolchain"] != "arm-none-eabi":
         raise Skipped(f"board {board['name']} uses the {board['toolchain']} toolchain; the bare-metal Arm build "
                       f"does not apply")
-    return arm_tool(tool)
+    return board_tool(board, role)
 
 
 def _prefix_maps(named_dirs: dict) -> list[str]:
@@ -65,7 +66,7 @@ def _prefix_maps(named_dirs: dict) -> list[str]:
 
 def compile_objects(board: dict, sources, include_dirs: dict, out_dir, defines=()) -> list[Path]:
     """Compile each C source with the board's cflags into out_dir/<stem>.o; include_dirs is {name: folder}."""
-    gcc = _arm_tool(board, "gcc")
+    gcc = _arm_tool(board, "cc")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     flags = [*board["cflags"], *FIRMWARE_CFLAGS, f"-DBOARD_CPU_HZ={board['cpu_hz']}u",
@@ -76,20 +77,21 @@ def compile_objects(board: dict, sources, include_dirs: dict, out_dir, defines=(
         source = Path(source)
         target = out_dir / f"{source.stem}.o"
         with atomic_path(target) as tmp:
-            run_tool([gcc, *flags, "-c", source.resolve(), "-o", tmp.resolve()], ARM_INSTALL_HINT, cwd=out_dir)
+            run_tool([gcc, *flags, "-c", source.resolve(), "-o", tmp.resolve()], board_toolchain(board).install_hint,
+                     cwd=out_dir)
         objects.append(target)
     return objects
 
 
 def link_firmware(board: dict, objects, linker_script, out_elf) -> Path:
     """Link the objects (main, startup, platform, bundle) with newlib-nano's libc and libm into out_elf."""
-    gcc = _arm_tool(board, "gcc")
+    gcc = _arm_tool(board, "cc")
     out_elf = Path(out_elf)
     with atomic_path(out_elf) as tmp:
         run_tool([gcc, *board["cflags"], "-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections",
                   "-Wl,--no-warn-rwx-segments", f"-T{Path(linker_script).resolve()}",
                   *(Path(o).resolve() for o in objects), "-lm", "-o", tmp.resolve()],
-                 ARM_INSTALL_HINT, cwd=out_elf.parent)
+                 board_toolchain(board).install_hint, cwd=out_elf.parent)
     return out_elf
 
 
@@ -129,12 +131,13 @@ def build_firmware(board: dict, *, main_c, bundle_dir, network: str, out_dir, ha
 
 
 def firmware_size(board: dict, elf) -> dict:
-    """arm-none-eabi-size (Berkeley) of the ELF: text, data, bss; flash = text + data; sram = data + bss, where
-    bss includes the stack and the activations (NOLOAD sections)."""
-    output = run_tool([_arm_tool(board, "size"), "-B", Path(elf).resolve()], ARM_INSTALL_HINT).stdout
+    """The board toolchain's size (Berkeley format) of the ELF: text, data, bss; flash = text + data; sram = data +
+    bss, where bss includes the stack and the activations (NOLOAD sections)."""
+    output = run_tool([board_tool(board, "size"), "-B", Path(elf).resolve()],
+                      board_toolchain(board).install_hint).stdout
     text, data, bss = (int(v) for v in output.splitlines()[1].split()[:3])
     return {"text": text, "data": data, "bss": bss, "flash": text + data, "sram": data + bss,
-            "stack": board["firmware"]["stack_size"]}
+            "stack": board.get("firmware", {}).get("stack_size")}  # the Xtensa LSP sets its own stack
 
 
 def xtensa_build_command(board: dict, *, xt_clang: str, xtensa_system: str, main_c, bundle_dir, network: str, out_elf,
@@ -159,7 +162,7 @@ def build_xtensa_firmware(board: dict, *, main_c, bundle_dir, network: str, out_
         run_tool(xtensa_build_command(board, xt_clang=xt_clang, xtensa_system=os.environ["XTENSA_SYSTEM"],
                                       main_c=main_c, bundle_dir=bundle_dir,
                                       network=network, out_elf=tmp, hardening=hardening),
-                 "install Cadence Xtensa tools (xt-clang) with the nxp_rt600 core, or build with Zephyr")
+                 board_toolchain(board).install_hint)
     return out_elf
 
 

@@ -15,7 +15,7 @@ from pipeline.int8 import graph as int8_graph
 from pipeline import ROOT
 from pipeline.core.atomic import atomic_dir, write_bytes
 from pipeline.int8.profile import read_profile
-from pipeline.core.tools import ARM_INSTALL_HINT, XTENSA_INSTALL_HINT, Skipped, arm_tool, run_tool, xtensa_tool
+from pipeline.core.tools import Skipped, board_tool, board_toolchain, run_tool
 
 MEM_ALIGN = 64
 RESOURCES = ("pipeline/int8/kernels",)  # C kernels and the host runner (see pipeline/core/deps.py)
@@ -278,12 +278,7 @@ def generate_sources(onnx_path, profile_path, network_name: str = "cifar") -> di
 def require_compiler(board: dict) -> tuple:
     """(C compiler, partial linker) for the board's toolchain. A missing Arm toolchain is a ToolError (the
     bootstrap installs it); a missing Xtensa toolchain is Skipped (the user must provide it)."""
-    if board["toolchain"] == "arm-none-eabi":
-        return arm_tool("gcc"), arm_tool("ld")
-    if board["toolchain"] == "xtensa":
-        return xtensa_tool(board, "xt-clang"), xtensa_tool(board, "xt-ld")
-    raise ValueError(f"board {board.get('name')!r}: unknown toolchain {board['toolchain']!r}; "
-                     f"use arm-none-eabi or xtensa in boards/<name>.toml")
+    return board_tool(board, "cc"), board_tool(board, "ld")
 
 
 def used_kernels(source) -> list:
@@ -298,7 +293,7 @@ def compile_object(sources_dir, board: dict, network_name: str = "cifar", target
     sources_dir = Path(sources_dir)
     target = Path(target) if target else sources_dir / f"{network_name}.o"
     cc, ld = require_compiler(board)
-    hint = ARM_INSTALL_HINT if board["toolchain"] == "arm-none-eabi" else XTENSA_INSTALL_HINT
+    hint = board_toolchain(board).install_hint
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         kernels = used_kernels(sources_dir / f"{network_name}.c")
