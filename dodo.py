@@ -259,7 +259,8 @@ def task_report():
                 outputs=LAYOUT.report, out_path=LAYOUT.report[0], build_dir=LAYOUT.build,
                 boards=[board.spec for board in BOARDS], network=NAME, backend=BACKEND,
                 macs=count_macs(tuple(CHANNELS)), eval_images=QUANT["eval_images"], evaluations=evaluations,
-                vendor_elfs=VENDOR_ELFS, config=CONFIG, repo_dir=Path("."), **named)
+                vendor_elfs=VENDOR_ELFS, config=CONFIG, repo_dir=Path("."),
+                skipped={board: sorted(skips) for board, skips in SKIPS.items()}, **named)
 
 
 def task_release():

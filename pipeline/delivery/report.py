@@ -151,9 +151,10 @@ def board_entry(board: dict, network: str, *, elf=None, header=None, emulator_js
     }
 
 
-def read_skips(folder) -> dict[str, str]:
-    """{step: reason} from the skip records a board's skipped steps left in <build>/<board>/skipped/."""
-    return {p.stem: p.read_text(encoding="utf-8").strip() for p in sorted(Path(folder).glob("skipped/*.txt"))}
+def read_skips(folder, steps) -> dict[str, str]:
+    """{step: reason} from the skip records the board's skipped `steps` left in <build>/<board>/skipped/."""
+    return {step: (Path(folder) / "skipped" / f"{step}.txt").read_text(encoding="utf-8").strip()
+            for step in sorted(steps)}
 
 
 def confusion_matrix(labels, predictions, classes: int) -> np.ndarray:
@@ -401,11 +402,12 @@ def render_html(markdown_text: str, base_dir, title: str) -> str:
 
 def report_stage(out_path, *, build_dir, boards: list[dict], network: str, backend: str, macs: int,
                  accuracy_file, metrics_file, training_figure, test_labels, classes_file, int8_test_predictions,
-                 eval_images: int, evaluations: dict, vendor_elfs: dict[str, str], config: dict, repo_dir) -> None:
+                 eval_images: int, evaluations: dict, vendor_elfs: dict[str, str], config: dict, repo_dir,
+                 skipped: dict[str, list[str]]) -> None:
     """build/report.md and build/report.html (beside out_path, same stem), plus build/report_figures/.
 
-    Reads, per board, what its steps left in build/<board>/ (firmware.elf, bundle/<network>.h, emulator.json,
-    skipped/*.txt; missing files = skipped steps) and its vendor builds (vendor_elfs: {flow: ELF path relative to
+    Reads, per board, what its steps left in build/<board>/ (firmware.elf, bundle/<network>.h, emulator.json;
+    missing files = skipped steps) and the skip records of its `skipped` steps ({board: [step]}), and its vendor builds (vendor_elfs: {flow: ELF path relative to
     build/<board>/}, when they exist); accuracy.json, metrics.json, the training plot; the int8 bundle's top-1 on
     the test split (int8_test_predictions, .npy, for the `eval_images` class-balanced subset as accuracy.json) with
     the test labels and classes.json; evaluations {"hardening"|"robustness"|"parity": {"summary": JSON,
@@ -421,7 +423,7 @@ def report_stage(out_path, *, build_dir, boards: list[dict], network: str, backe
         found = lambda path: path if path.is_file() else None  # noqa: E731
         entries.append(board_entry(board, network, elf=found(folder / "firmware.elf"),
                                    header=found(folder / "bundle" / f"{network}.h"),
-                                   emulator_json=found(folder / "emulator.json"), skipped=read_skips(folder),
+                                   emulator_json=found(folder / "emulator.json"), skipped=read_skips(folder, skipped[board["name"]]),
                                    mcux_sdk_json=found(folder / "mcux" / "mcux_sdk.json"),
                                    vendor_elfs={flow: folder / rel for flow, rel in vendor_elfs.items()
                                                 if (folder / rel).is_file()}))
