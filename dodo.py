@@ -256,10 +256,9 @@ def task_report():
     return step("delivery.report:report_stage",
                 inputs=[*board_files, *vendor_files, *named.values(),
                         *(f for files in evaluations.values() for f in files.values())],
-                outputs=LAYOUT.report, out_path=LAYOUT.report[0], build_dir=LAYOUT.build,
-                boards=[board.spec for board in BOARDS], network=NAME, backend=BACKEND,
+                outputs=LAYOUT.report, layout=LAYOUT, boards=[board.spec for board in BOARDS],
                 macs=count_macs(tuple(CHANNELS)), eval_images=QUANT["eval_images"], evaluations=evaluations,
-                vendor_elfs=VENDOR_ELFS, config=CONFIG, repo_dir=Path("."),
+                config=CONFIG, repo_dir=Path("."),
                 skipped={board: sorted(skips) for board, skips in SKIPS.items()}, **named)
 
 

@@ -14,6 +14,7 @@ from pipeline.int8 import bundle
 from pipeline.firmware import app, emulator, link
 from pipeline.int8 import profile
 from pipeline.core.config import load_board
+from pipeline.core.layout import BoardLayout, emulator_linked
 from pipeline.evaluations.hardening import harden
 from pipeline.int8.image_inc import write_image_inc
 from pipeline.model.evaluation import softmax
@@ -124,7 +125,7 @@ def test_rt1060_runs_its_own_elf_and_rt685_is_relinked_for_an505(board_build):
     code_region = board["firmware"]["placement"]["code"]
     assert vectors["elf"] == board["memory"][code_region]["origin"]
     assert vectors["emulator_elf"] == link.memory_map(board, for_emulator=True)[code_region]["origin"]
-    assert (elfs["elf"] == elfs["emulator_elf"]) == (not link.needs_emulator_link(board))
+    assert (elfs["elf"] == elfs["emulator_elf"]) == (not emulator_linked(board))
 
 
 def test_footprint_counts_weights_as_flash_and_activations_as_sram(board_build):
@@ -161,7 +162,7 @@ def test_stages_run_the_test_image_then_uint8_images(model_files, tmp_path):
     write_image_inc(test_images[0], tmp_path / "source" / "input_image_test.inc", "synthetic 0", 0, LABELS[0])
     elfs = link.firmware_stage(board, bundle_dir=tmp_path / "bundle", source_dir=tmp_path / "source",
                                    out_dir=tmp_path, network="cifar", labels=LABELS)
-    assert sorted(link.firmware_targets(board, tmp_path)) == sorted(
+    assert sorted(BoardLayout(tmp_path, "cifar", "builtin", board).firmware) == sorted(
         p for p in tmp_path.rglob("firmware.*") if "obj" not in p.parts)
     summary = emulator.emulation_stage(board, elf=elfs["emulator_elf"], bundle_dir=tmp_path / "bundle",
                                        image_inc=tmp_path / "source" / "input_image_test.inc", images=images,

@@ -19,6 +19,11 @@ EVALUATION_FILES = {"hardening": ("hardening.json", "hardening.md", "hardening.p
                     "parity": ("parity.json", "parity.md")}
 
 
+def emulator_linked(board: dict) -> bool:
+    """The emulator has its own memory map ([emulator.memory]), so the firmware is linked a second time for it."""
+    return "memory" in board.get("emulator", {})
+
+
 @dataclass(frozen=True)
 class BoardLayout:
     """Files of one board under build/<board>/. `spec` is the board file's data (boards/<board>.toml)."""
@@ -70,8 +75,7 @@ class BoardLayout:
 
     @property
     def emulator_linked(self) -> bool:
-        """The emulator has its own memory map, so the firmware is linked a second time for it."""
-        return "memory" in self.spec.get("emulator", {})
+        return emulator_linked(self.spec)
 
     @property
     def firmware(self) -> list[Path]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.atomic import atomic_dir, write_text
+from pipeline.core.layout import VENDOR_ELFS, Layout
 from pipeline.core.tools import board_tool, board_toolchain, run_tool
 from pipeline.delivery import plots
 from pipeline.firmware.app import MCUX_APP
@@ -29,7 +30,6 @@ APP_NOTE = {
     "rt685_hifi4": {"ms": 15},
 }
 APP_NOTE_CONSOLE = ("Top1 class = 7 (horse)", "Confidence = 0.999", "Inference time = 56 (ms)")
-FIGURES_DIR = "report_figures"  # beside report.md: the report's own plots
 # The keys a per-layer profile in emulator.json may carry ("layers": [{...}, ...]).
 LAYER_KEYS = ("name", "kind", "macs", "instructions")
 EVALUATION_TITLES = {"hardening": "Confidence hardening", "robustness": "Input-transformation voting and FGSM",
@@ -149,12 +149,6 @@ def board_entry(board: dict, network: str, *, elf=None, header=None, emulator_js
         "mcux_sdk": read_json(mcux_sdk_json) if mcux_sdk_json else None,
         "skipped": dict(skipped or {}),
     }
-
-
-def read_skips(folder, steps) -> dict[str, str]:
-    """{step: reason} from the skip records the board's skipped `steps` left in <build>/<board>/skipped/."""
-    return {step: (Path(folder) / "skipped" / f"{step}.txt").read_text(encoding="utf-8").strip()
-            for step in sorted(steps)}
 
 
 def confusion_matrix(labels, predictions, classes: int) -> np.ndarray:
@@ -400,15 +394,14 @@ def render_html(markdown_text: str, base_dir, title: str) -> str:
 
 # ---- the stage ----------------------------------------------------------------------------------------------
 
-def report_stage(out_path, *, build_dir, boards: list[dict], network: str, backend: str, macs: int,
-                 accuracy_file, metrics_file, training_figure, test_labels, classes_file, int8_test_predictions,
-                 eval_images: int, evaluations: dict, vendor_elfs: dict[str, str], config: dict, repo_dir,
-                 skipped: dict[str, list[str]]) -> None:
-    """build/report.md and build/report.html (beside out_path, same stem), plus build/report_figures/.
+def report_stage(layout: Layout, *, boards: list[dict], macs: int, accuracy_file, metrics_file, training_figure,
+                 test_labels, classes_file, int8_test_predictions, eval_images: int, evaluations: dict,
+                 config: dict, repo_dir, skipped: dict[str, list[str]]) -> None:
+    """The report's files of `layout` (report.md, report.html, report_figures/).
 
     Reads, per board, what its steps left in build/<board>/ (firmware.elf, bundle/<network>.h, emulator.json;
-    missing files = skipped steps) and the skip records of its `skipped` steps ({board: [step]}), and its vendor builds (vendor_elfs: {flow: ELF path relative to
-    build/<board>/}, when they exist); accuracy.json, metrics.json, the training plot; the int8 bundle's top-1 on
+    missing files = skipped steps), the skip records of its `skipped` steps ({board: [step]}) and its vendor builds
+    (the Zephyr ELF and the SDK's mcux_sdk.json, when they exist); accuracy.json, metrics.json, the training plot; the int8 bundle's top-1 on
     the test split (int8_test_predictions, .npy, for the `eval_images` class-balanced subset as accuracy.json) with
     the test labels and classes.json; evaluations {"hardening"|"robustness"|"parity": {"summary": JSON,
     "markdown": file, "figure": PNG (optional)}}. Provenance: the config's digest, repo_dir's git commit and the
@@ -416,24 +409,25 @@ def report_stage(out_path, *, build_dir, boards: list[dict], network: str, backe
     from pipeline.delivery.release import git_commit, tool_versions
     from pipeline.model.evaluation import balanced_subset
 
-    build_dir, out_path = Path(build_dir), Path(out_path)
+    out_path, network, backend = layout.report[0], layout.network, layout.backend
     entries = []
     for board in boards:
-        folder = build_dir / board["name"]
+        files = layout.board(board)
         found = lambda path: path if path.is_file() else None  # noqa: E731
-        entries.append(board_entry(board, network, elf=found(folder / "firmware.elf"),
-                                   header=found(folder / "bundle" / f"{network}.h"),
-                                   emulator_json=found(folder / "emulator.json"), skipped=read_skips(folder, skipped[board["name"]]),
-                                   mcux_sdk_json=found(folder / "mcux" / "mcux_sdk.json"),
-                                   vendor_elfs={flow: folder / rel for flow, rel in vendor_elfs.items()
-                                                if (folder / rel).is_file()}))
+        entries.append(board_entry(board, network, elf=found(files.firmware[0]), header=found(files.header),
+                                   emulator_json=found(files.emulator_outputs[1]),
+                                   skipped={step: files.skip_record(step).read_text(encoding="utf-8").strip()
+                                            for step in sorted(skipped[board["name"]])},
+                                   mcux_sdk_json=found(files.mcux_summary),
+                                   vendor_elfs={flow: files.root / elf for flow, elf in VENDOR_ELFS.items()
+                                                if (files.root / elf).is_file()}))
     accuracy, metrics = read_json(accuracy_file), read_json(metrics_file)
     classes = read_json(classes_file)
     labels = np.load(test_labels)
     matrix = confusion_matrix(labels[balanced_subset(labels, eval_images)], np.load(int8_test_predictions),
                               len(classes))
 
-    figures_dir = out_path.parent / FIGURES_DIR
+    figures_dir = layout.report[2]
     board_figures = {}
     with atomic_dir(figures_dir) as tmp:
         plots.confusion_matrix_plot(matrix, classes, tmp / "confusion.png", "Deployed int8, test split")
@@ -441,19 +435,19 @@ def report_stage(out_path, *, build_dir, boards: list[dict], network: str, backe
             name, links = entry["board"]["name"], {}
             if entry["memory"]:
                 plots.memory_map_plot(entry["memory"], tmp / f"memory_{name}.png", f"{name}: memory map")
-                links["memory"] = f"{FIGURES_DIR}/memory_{name}.png"
+                links["memory"] = f"{figures_dir.name}/memory_{name}.png"
             if entry["layers"]:
                 plots.bar_plot([l["name"] for l in entry["layers"]], [l["instructions"] for l in entry["layers"]],
                                tmp / f"layers_{name}.png", title=f"{name}: instructions per layer",
                                xlabel="instructions")
-                links["layers"] = f"{FIGURES_DIR}/layers_{name}.png"
+                links["layers"] = f"{figures_dir.name}/layers_{name}.png"
             board_figures[name] = links
 
     def link(path) -> str:
         return Path(path).resolve().relative_to(out_path.parent.resolve()).as_posix()
 
     model = model_section(metrics, accuracy, matrix, classes, read_json(evaluations["parity"]["summary"]),
-                          {"training": link(training_figure), "confusion": f"{FIGURES_DIR}/confusion.png"})
+                          {"training": link(training_figure), "confusion": f"{figures_dir.name}/confusion.png"})
     evaluation_lines = evaluations_section(evaluations, {kind: link(files["figure"])
                                                          for kind, files in evaluations.items() if files.get("figure")})
     provenance = provenance_section(git_commit(repo_dir), config_digest(config), tool_versions())

@@ -9,6 +9,7 @@ Skipped; the Arm toolchain, which the bootstrap installs, raises ToolError with 
 import os
 from pathlib import Path
 
+from pipeline.core.layout import emulator_linked
 from pipeline.core.atomic import atomic_path, write_text
 from pipeline.core.tools import Skipped, board_tool, board_toolchain, run_tool
 from pipeline.firmware.app import HARDENING_SOURCE, MCUX_APP, _jinja, render_board_main_c
@@ -23,11 +24,6 @@ def memory_map(board: dict, for_emulator: bool) -> dict:
     if for_emulator:
         return board.get("emulator", {}).get("memory", board["memory"])
     return board["memory"]
-
-
-def needs_emulator_link(board: dict) -> bool:
-    """True when the emulator has its own memory map, so the objects are linked a second time for it."""
-    return "memory" in board.get("emulator", {})
 
 
 def render_linker_script(out_path, board: dict, for_emulator: bool = False) -> Path:
@@ -122,7 +118,7 @@ def build_firmware(board: dict, *, main_c, bundle_dir, network: str, out_dir, ha
     objects.append(bundle_object)
     result = {}
     for key, for_emulator, folder in (("elf", False, out_dir), ("emulator_elf", True, out_dir / "emulator")):
-        if for_emulator and not needs_emulator_link(board):
+        if for_emulator and not emulator_linked(board):
             result[key] = result["elf"]
             continue
         script = render_linker_script(folder / "firmware.ld", board, for_emulator)
@@ -173,14 +169,3 @@ def firmware_stage(board: dict, *, bundle_dir, source_dir, out_dir, network: str
                                  network=network, hardening=hardening)
     return build_firmware(board, main_c=main_c, bundle_dir=bundle_dir, network=network, out_dir=out_dir,
                           hardening=bool(hardening))
-
-
-def firmware_targets(board: dict, out_dir) -> list[Path]:
-    """The files firmware_stage writes under out_dir (besides main.c), for doit's targets."""
-    out_dir = Path(out_dir)
-    if board["toolchain"] == "xtensa":
-        return [out_dir / "firmware.elf"]
-    targets = [out_dir / "firmware.elf", out_dir / "firmware.ld"]
-    if needs_emulator_link(board):
-        targets += [out_dir / "emulator" / "firmware.elf", out_dir / "emulator" / "firmware.ld"]
-    return targets
