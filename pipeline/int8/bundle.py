@@ -51,23 +51,27 @@ def _tensor_bytes(qm, tensor) -> int:
     return int(np.prod(qm.graph.shapes[tensor]))
 
 
+def _row_length(op) -> int:
+    """Weight rows (and the int16 columns they meet) are zero-padded to a multiple of 4 (NN_ROW_LENGTH)."""
+    return (op.weight.shape[1] + 3) // 4 * 4
+
+
 def _scratch_bytes(op) -> int:
     if op.kind == "conv":
-        return 2 * 2 * _row_length(op)  # two int16 im2col columns
+        return 4 * 2 * _row_length(op)  # four int16 im2col columns (conv2d_s8.c TILE_PIXELS)
     if op.kind == "fc":
-        return 2 * op.weight.shape[1]
+        return 2 * _row_length(op)  # the input widened to int16
     return 0
 
 
-def _row_length(op) -> int:
-    """Conv weight rows are zero-padded to a multiple of 4 so the DSP loop needs no tail."""
-    return (op.weight.shape[1] + 3) // 4 * 4 if op.kind == "conv" else op.weight.shape[1]
-
-
-def _weight_rows(op) -> np.ndarray:
-    rows = np.zeros((op.weight.shape[0], _row_length(op)), np.int8)
-    rows[:, :op.weight.shape[1]] = op.weight
-    return int8_graph.sxtb16_order(rows)
+def kernel_weight_layout(weight: np.ndarray) -> np.ndarray:
+    """int8 weight rows (N, K) as the kernels read them (nn_kernels.h): rows zero-padded to a multiple of 4, then
+    in pairs with the two rows' groups of 4 interleaved; an odd last row alone. Returns the flat byte order."""
+    rows = np.zeros((weight.shape[0], (weight.shape[1] + 3) // 4 * 4), np.int8)
+    rows[:, :weight.shape[1]] = weight
+    paired = rows.shape[0] // 2 * 2
+    pairs = rows[:paired].reshape(paired // 2, 2, -1, 4).transpose(0, 2, 1, 3)
+    return np.concatenate([pairs.reshape(-1), rows[paired:].reshape(-1)])
 
 
 def plan_memory(qm: int8_graph.QuantModel) -> Plan:
@@ -75,7 +79,7 @@ def plan_memory(qm: int8_graph.QuantModel) -> Plan:
     constant, const_offsets = bytearray(), {}
     for i, op in enumerate(qm.ops):
         if op.kind in ("conv", "fc"):
-            for part, data in (("weight", _weight_rows(op).tobytes()),
+            for part, data in (("weight", kernel_weight_layout(op.weight).tobytes()),
                                ("bias", op.bias.astype("<i4").tobytes())):
                 const_offsets[(i, part)] = len(constant)
                 constant += data + bytes(_align(len(data)) - len(data))
@@ -221,13 +225,14 @@ def render_source(name: str, qm: int8_graph.QuantModel, plan: Plan) -> str:
             (ih, iw, ic), (oh, ow, oc) = shapes[op.inputs[0]], shapes[op.output]
             params.append(f"static const conv2d_s8_params op{i}_params = {{{ih}, {iw}, {ic}, {oh}, {ow}, {oc}, "
                           f"{op.kernel[0]}, {op.kernel[1]}, {op.stride[0]}, {op.stride[1]}, {op.pads[0]}, "
-                          f"{op.pads[1]}, {op.shift}, {op.act_min}}};")
+                          f"{op.pads[1]}, {op.shift}, {op.act_min}, {op.pool}}};")
             call = (f"conv2d_s8(&op{i}_params, {buf(op.inputs[0])}, {const(i, 'weight', 'int8_t')}, "
                     f"{const(i, 'bias', 'int32_t')}, {buf(op.output)}, {buf(('scratch', i), 'int16_t')});")
         elif op.kind == "fc":
-            call = (f"fully_connected_s8({buf(op.inputs[0])}, {const(i, 'weight', 'int8_t')}, "
-                    f"{const(i, 'bias', 'int32_t')}, {buf(op.output)}, {op.weight.shape[1]}, {op.weight.shape[0]}, "
-                    f"{op.shift}, {op.act_min}, {buf(('scratch', i), 'int16_t')});")
+            params.append(f"static const fully_connected_s8_params op{i}_params = {{{op.weight.shape[1]}, "
+                          f"{op.weight.shape[0]}, {op.shift}, {op.act_min}}};")
+            call = (f"fully_connected_s8(&op{i}_params, {buf(op.inputs[0])}, {const(i, 'weight', 'int8_t')}, "
+                    f"{const(i, 'bias', 'int32_t')}, {buf(op.output)}, {buf(('scratch', i), 'int16_t')});")
         elif op.kind == "maxpool":
             (ih, iw, ic), (oh, ow, _) = shapes[op.inputs[0]], shapes[op.output]
             params.append(f"static const max_pool_s8_params op{i}_params = {{{ih}, {iw}, {ic}, {oh}, {ow}, "
