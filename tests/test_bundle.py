@@ -15,7 +15,7 @@ from pipeline.int8 import bundle
 from pipeline.int8 import graph as int8_graph
 from pipeline.int8 import profile
 from pipeline.int8 import quantize
-from pipeline.model.shapes import to_input
+from pipeline.model.shapes import count_macs, to_input
 from pipeline.core.tools import Skipped
 
 BOARDS = Path(__file__).resolve().parents[1] / "boards"
@@ -125,7 +125,7 @@ def test_xtensa_board_is_skipped_without_toolchain(built, tmp_path, monkeypatch)
     result = bundle.make_bundle(built / "m.onnx", built / "profile.yml", board("rt685_hifi4"), tmp_path / "bundle")
     assert result["object"].startswith("skipped: no Xtensa toolchain") and "XTENSA_TOOLS" in result["object"]
     assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == \
-        ["cifar.c", "cifar.h", "cifar.weights.bin", "cifar.weights.txt"]
+            ["cifar.c", "cifar.h", "cifar.manifest.json", "cifar.weights.bin", "cifar.weights.txt"]
     with pytest.raises(Skipped):
         bundle.compile_object(tmp_path / "bundle", board("rt685_hifi4"))
 
@@ -157,6 +157,14 @@ def test_full_size_cifarnet_is_bit_exact(tmp_path):
     profile.make_profile(tmp_path / "full.onnx", images[:10], tmp_path / "profile.yml")
     for name, data in bundle.generate_sources(tmp_path / "full.onnx", tmp_path / "profile.yml").items():
         (tmp_path / name).write_bytes(data)
+    manifest = json.loads((tmp_path / "cifar.manifest.json").read_text())
+    assert sum(layer["macs"] for layer in manifest["layers"]) == count_macs() == 19_779_584
+    header = macros((tmp_path / "cifar.h").read_text())
+    assert [manifest["input"]["offset"], manifest["output"]["offset"]] == [header["CIFAR_input"], header["CIFAR_output"]]
+    assert manifest["memory"] == {"constant": header["CIFAR_CONSTANT_MEM_SIZE"],
+                                  "mutable": header["CIFAR_MUTABLE_MEM_SIZE"],
+                                  "activations": header["CIFAR_ACTIVATIONS_MEM_SIZE"]}
+    assert manifest["input"]["size"] == 4 * 3 * 32 * 32 and manifest["output"]["size"] == 4 * 10
     graph = int8_graph.load_graph(tmp_path / "full.onnx")
     expected = int8_graph.run_int8(int8_graph.quantize_graph(graph, profile.read_profile(tmp_path / "profile.yml")
                                                              .ranges()), to_input(images))
@@ -174,7 +182,8 @@ def test_make_bundle_is_deterministic(built, tmp_path):
         assert result["object"] == "compiled"
         outputs.append({p.name: p.read_bytes() for p in sorted((tmp_path / run / "bundle").iterdir())})
     assert outputs[0] == outputs[1]
-    assert sorted(outputs[0]) == ["cifar.c", "cifar.h", "cifar.o", "cifar.weights.bin", "cifar.weights.txt"]
+    assert sorted(outputs[0]) == ["cifar.c", "cifar.h", "cifar.manifest.json", "cifar.o", "cifar.weights.bin",
+                                  "cifar.weights.txt"]
 
 
 def _export_odd_model(path, softmax: bool):

@@ -48,6 +48,15 @@ typedef struct {
     uint8_t kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left;
 } max_pool_s8_params;
 
+/* Per-layer timing, a firmware build option: with NN_LAYER_PROFILE the bundle calls nn_layer_mark(-1) on entry
+ * and nn_layer_mark(k) after its k-th kernel call (the manifest's layer k); the application defines it. */
+#if defined(NN_LAYER_PROFILE)
+void nn_layer_mark(int layer);
+#define NN_LAYER_MARK(layer) nn_layer_mark(layer)
+#else
+#define NN_LAYER_MARK(layer) ((void)0)
+#endif
+
 /* float NCHW -> int8 NHWC: round-half-even(x * inv_scale), saturated (Glow's quantize). */
 void quantize_f32_s8(const float *input, int8_t *output, int channels, int height, int width, float inv_scale);
 /* int8 -> float: q * scale. */
