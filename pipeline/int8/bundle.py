@@ -57,9 +57,11 @@ def _row_length(op) -> int:
     return (op.weight.shape[1] + 3) // 4 * 4
 
 
-def _scratch_bytes(op) -> int:
+def _scratch_bytes(qm, op) -> int:
     if op.kind == "conv":
-        return 4 * 2 * _row_length(op)  # four int16 im2col columns (conv2d_s8.c TILE_PIXELS)
+        # four int16 im2col columns (conv2d_s8.c TILE_PIXELS), and an int8 patch when groups straddle pixels
+        in_channels = qm.graph.shapes[op.inputs[0]][2]
+        return 4 * 2 * _row_length(op) + (_row_length(op) if in_channels % 4 else 0)
     if op.kind == "fc":
         return 2 * _row_length(op)  # the input widened to int16
     return 0
@@ -102,7 +104,7 @@ def plan_memory(qm: int8_graph.QuantModel) -> Plan:
         if op.kind not in ("flatten",) and op.output != graph.output_name:
             nbytes = _tensor_bytes(qm, op.output) * (4 if op.kind == "dequantize" else 1)
             wanted.append((op.output, nbytes, last_use.get(op.output, i)))
-        scratch = _scratch_bytes(op)
+        scratch = _scratch_bytes(qm, op)
         if scratch:
             wanted.append((("scratch", i), scratch, i))
         for key, nbytes, until in wanted:

@@ -16,26 +16,33 @@ static inline int conv_row_length(const conv2d_s8_params *p)
 }
 
 /* The widened patch of conv output pixel (oy, ox) into column `col` (groups GROUP_STRIDE apart); padding and the
- * row's tail read as 0. Parameters are copied to locals: the int16 stores could otherwise alias *p's fields. */
-static void im2col_s16(const conv2d_s8_params *p, const int8_t *input, int oy, int ox, int16_t *col)
+ * row's tail read as 0. With a channel count that is not a multiple of 4, groups straddle pixels: the patch is
+ * then gathered as int8 in `stage` (k_row bytes) and widened in one pass. Parameters are copied to locals: the
+ * int16 stores could otherwise alias *p's fields. */
+static void im2col_s16(const conv2d_s8_params *p, const int8_t *input, int oy, int ox, int16_t *col, int8_t *stage)
 {
     const int in_h = p->in_h, in_w = p->in_w, in_c = p->in_c, kernel_h = p->kernel_h, kernel_w = p->kernel_w;
     const int y0 = oy * p->stride_h - p->pad_top, x0 = ox * p->stride_w - p->pad_left;
-    const int k_row = conv_row_length(p);
+    const int k_row = conv_row_length(p), whole_groups = (in_c & 3) == 0;
     int k = 0;
     for (int iy = y0; iy < y0 + kernel_h; iy++) {
-        for (int ix = x0; ix < x0 + kernel_w; ix++) {
+        for (int ix = x0; ix < x0 + kernel_w; ix++, k += in_c) {
             const int inside = iy >= 0 && iy < in_h && ix >= 0 && ix < in_w;
             const int8_t *src = input + ((size_t)iy * in_w + ix) * in_c;
-            if (inside && (in_c & 3) == 0) { /* whole groups: the fast widening */
+            if (!whole_groups) {
+                for (int c = 0; c < in_c; c++) stage[k + c] = inside ? src[c] : 0;
+            } else if (inside) {
                 nn_widen_groups(src, col + (k >> 2) * GROUP_STRIDE, in_c, GROUP_STRIDE);
-                k += in_c;
             } else {
-                for (int c = 0; c < in_c; c++, k++) col[NN_WIDENED_INDEX(k, GROUP_STRIDE)] = inside ? src[c] : 0;
+                for (int16_t *group = col + (k >> 2) * GROUP_STRIDE, *end = group + (in_c >> 2) * GROUP_STRIDE;
+                     group != end; group += GROUP_STRIDE)
+                    memset(group, 0, 4 * sizeof(int16_t));
             }
         }
     }
-    for (; k < k_row; k++) col[NN_WIDENED_INDEX(k, GROUP_STRIDE)] = 0;
+    if (whole_groups) return; /* k == k_row */
+    for (; k < k_row; k++) stage[k] = 0;
+    nn_widen_groups(stage, col, k_row, GROUP_STRIDE);
 }
 
 /* Accumulators of the tile's 4 columns for the channel pair at w (pair-interleaved rows):
@@ -112,37 +119,46 @@ static inline __attribute__((always_inline)) void tile_2x4(const int8_t *w, cons
 #endif
 }
 
+/* nn_requantize out of line: left shifts are rare (an output scale finer than the accumulator's), and inlining
+ * them at every store would cost flash for nothing. */
+static __attribute__((noinline)) int8_t requantize_general(int32_t acc, int shift, int act_min)
+{
+    return nn_requantize(acc, shift, act_min);
+}
+
 /* One channel's results of a tile: with the pool the max of the 4 accumulators, requantized once (exact:
- * requantization is monotonic); else `count` pixels, out_c apart. */
+ * requantization is monotonic); else `count` pixels, out_c apart. rshift: min(shift, 31) - 1 when shift > 0,
+ * else -1 (requantize_general). */
 static inline void store_channel(const int32_t *s, int8_t *out, int count, int pooled, int out_c, int shift,
-                                 int act_min)
+                                 int rshift, int act_min)
 {
     if (pooled) {
-        int32_t m = s[0] > s[1] ? s[0] : s[1];
-        const int32_t n = s[2] > s[3] ? s[2] : s[3];
-        *out = nn_requantize(m > n ? m : n, shift, act_min);
+        const int32_t m = s[0] > s[1] ? s[0] : s[1], n = s[2] > s[3] ? s[2] : s[3], top = m > n ? m : n;
+        *out = rshift >= 0 ? nn_requantize_right(top, rshift, act_min) : requantize_general(top, shift, act_min);
         return;
     }
-    for (int pixel = 0; pixel < count; pixel++) out[(size_t)pixel * out_c] = nn_requantize(s[pixel], shift, act_min);
+    for (int pixel = 0; pixel < count; pixel++)
+        out[(size_t)pixel * out_c] = rshift >= 0 ? nn_requantize_right(s[pixel], rshift, act_min)
+                                                 : requantize_general(s[pixel], shift, act_min);
 }
 
 static void tile_outputs(const conv2d_s8_params *p, const int8_t *weights, const int32_t *bias,
                          const int16_t *cols, int8_t *out, int count)
 {
     const int out_c = p->out_c, k_row = conv_row_length(p), groups = k_row / 4, shift = p->out_shift;
-    const int act_min = p->act_min, pooled = p->pool == 2;
+    const int act_min = p->act_min, pooled = p->pool == 2, rshift = shift > 0 ? (shift > 31 ? 31 : shift) - 1 : -1;
     int32_t s[2 * TILE_PIXELS];
     int oc = 0;
     for (const int8_t *w = weights; oc + 1 < out_c; oc += 2, w += 2 * k_row) {
         tile_2x4(w, cols, groups, bias[oc], bias[oc + 1], s);
-        store_channel(s, out + oc, count, pooled, out_c, shift, act_min);
-        store_channel(s + TILE_PIXELS, out + oc + 1, count, pooled, out_c, shift, act_min);
+        store_channel(s, out + oc, count, pooled, out_c, shift, rshift, act_min);
+        store_channel(s + TILE_PIXELS, out + oc + 1, count, pooled, out_c, shift, rshift, act_min);
     }
     if (oc < out_c) { /* the odd last row, stored alone */
         for (int pixel = 0; pixel < TILE_PIXELS; pixel++)
             s[pixel] = nn_row_dot(weights + (size_t)oc * k_row, 4, cols + 4 * pixel, GROUP_STRIDE, groups,
                                   bias[oc]);
-        store_channel(s, out + oc, count, pooled, out_c, shift, act_min);
+        store_channel(s, out + oc, count, pooled, out_c, shift, rshift, act_min);
     }
 }
 
@@ -150,11 +166,12 @@ void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *wei
                int8_t *output, int16_t *scratch)
 {
     const int out_w = p->out_w, out_c = p->out_c, pixels = p->out_h * out_w;
+    int8_t *const stage = (int8_t *)(scratch + TILE_PIXELS * conv_row_length(p));
     if (p->pool == 2) {
         for (int pixel = 0; pixel < pixels; pixel++) {
             const int oy = 2 * (pixel / out_w), ox = 2 * (pixel % out_w);
             for (int slot = 0; slot < TILE_PIXELS; slot++)
-                im2col_s16(p, input, oy + slot / 2, ox + slot % 2, scratch + 4 * slot);
+                im2col_s16(p, input, oy + slot / 2, ox + slot % 2, scratch + 4 * slot, stage);
             tile_outputs(p, weights, bias, scratch, output + (size_t)pixel * out_c, TILE_PIXELS);
         }
         return;
@@ -163,7 +180,7 @@ void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *wei
         const int count = pixels - pixel < TILE_PIXELS ? pixels - pixel : TILE_PIXELS;
         for (int slot = 0; slot < TILE_PIXELS; slot++) { /* a short last tile repeats its last pixel */
             const int q = pixel + (slot < count ? slot : count - 1);
-            im2col_s16(p, input, q / out_w, q % out_w, scratch + 4 * slot);
+            im2col_s16(p, input, q / out_w, q % out_w, scratch + 4 * slot, stage);
         }
         tile_outputs(p, weights, bias, scratch, output + (size_t)pixel * out_c, count);
     }

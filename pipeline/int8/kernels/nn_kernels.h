@@ -61,7 +61,8 @@ void nn_layer_mark(int layer);
 void quantize_f32_s8(const float *input, int8_t *output, int channels, int height, int width, float inv_scale);
 /* int8 -> float: q * scale. */
 void dequantize_s8_f32(const int8_t *input, float *output, int size, float scale);
-/* Scratch: four interleaved im2col columns of k_row int16 (CONV2D_S8_SCRATCH_BYTES). With pool == 2 each output
+/* Scratch: four interleaved im2col columns of k_row int16, plus k_row bytes when in_c % 4 != 0 (bundle.py
+ * _scratch_bytes). With pool == 2 each output
  * is requantize(max of the 2x2 window's accumulators): requantization is monotonic, so this equals pooling the
  * requantized conv output, and the pre-pool tensor is never stored. */
 void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *weights, const int32_t *bias,
@@ -98,6 +99,19 @@ static inline int8_t nn_saturate(int32_t value, int32_t act_min)
     if (value < act_min) value = act_min;
     if (value > 127) value = 127;
     return (int8_t)value;
+}
+
+/* nn_requantize for a right shift (shift_minus_1 = min(shift, 31) - 1 >= 0), the usual case: the accumulator's
+ * scale is finer than the output's. On DSP cores the clamp to int8 is one SSAT. */
+static inline int8_t nn_requantize_right(int32_t acc, int32_t shift_minus_1, int32_t act_min)
+{
+    int32_t value = ((acc >> shift_minus_1) + 1) >> 1;
+#if NN_USE_DSP
+    value = __ssat(value, 8);
+#else
+    value = value > 127 ? 127 : value < -128 ? -128 : value;
+#endif
+    return (int8_t)(value < act_min ? act_min : value);
 }
 
 /* An int32 accumulator back to int8: rounding shift, then clamp to [act_min, 127] (act_min 0 = fused ReLU). */
@@ -139,15 +153,16 @@ static inline void nn_write_s32(void *p, int32_t v) { memcpy(p, &v, 4); }
 /* n int8 values (n % 4 == 0, src word-aligned or not) -> int16 groups (x0, x2, x1, x3), `group_stride` apart. */
 static inline void nn_widen_groups(const int8_t *src, int16_t *dst, int n, int group_stride)
 {
-    for (; n > 0; n -= 4, src += 4, dst += group_stride) {
 #if NN_USE_DSP
+    for (; n > 0; n -= 4, src += 4, dst += group_stride) { /* one LDR, two SXTB16, one STRD */
         const int32_t w = nn_read_s32(src);
-        nn_write_s32(dst, __sxtb16(w));
-        nn_write_s32(dst + 2, nn_sxtb16_ror8(w));
+        const uint64_t pairs = (uint32_t)__sxtb16(w) | (uint64_t)(uint32_t)nn_sxtb16_ror8(w) << 32;
+        memcpy(dst, &pairs, 8);
+    }
 #else
+    for (; n > 0; n -= 4, src += 4, dst += group_stride)
         dst[0] = src[0], dst[1] = src[2], dst[2] = src[1], dst[3] = src[3];
 #endif
-    }
 }
 
 /* One weight group (int8, natural order) times one widened group (int16 x0, x2, x1, x3). */
