@@ -1,5 +1,6 @@
 """Bundle: Glow's header ABI and weight formats; the generated C (portable and DSP paths) is bit-exact with the
 int8 NumPy reference; per-board objects are cross-compiled deterministically."""
+import dataclasses
 import json
 import re
 import shutil
@@ -83,6 +84,35 @@ def test_memory_plan_reuses_buffers(built):
     plan = bundle.plan_memory(qm)
     all_tensors = sum(int(np.prod(graph.shapes[op.output])) for op in qm.ops if op.kind not in ("flatten",))
     assert plan.activations_size < all_tensors
+
+
+def _plan_with(plan, **changes):
+    return dataclasses.replace(plan, activation_offsets={**plan.activation_offsets, **changes.get("offsets", {})},
+                               in_place=changes.get("in_place", plan.in_place))
+
+
+def test_memory_plan_check_catches_overlapping_live_buffers(built):
+    graph = int8_graph.load_graph(built / "m.onnx")
+    qm = int8_graph.quantize_graph(graph, profile.read_profile(built / "profile.yml").ranges())
+    plan = bundle.plan_memory(qm)  # checks itself
+    convs = [i for i, op in enumerate(qm.ops) if op.kind == "conv"]
+    # the pooled convs that keep their channel count (8 -> 8, 16 -> 16) write over their dying input; the first
+    # (3 -> 8, unpooled) and the widening third (8 -> 16) cannot
+    assert plan.in_place == {convs[1], convs[3]}
+    conv2, conv3 = qm.ops[convs[1]], qm.ops[convs[2]]
+    assert plan.activation_offsets[conv2.output] == plan.activation_offsets[conv2.inputs[0]]
+    # a planner that puts conv3's output on its input (alive together, not declared in place) is refused
+    broken = _plan_with(plan, offsets={conv3.output: plan.activation_offsets[conv3.inputs[0]]})
+    with pytest.raises(ValueError, match="overlaps"):
+        bundle.check_plan(qm, broken)
+    # declaring it in place does not help: a later step of conv3 still reads input bytes that an earlier one writes
+    assert not bundle.conv_in_place_safe(qm, conv3)
+    with pytest.raises(ValueError, match="overlaps"):
+        bundle.check_plan(qm, _plan_with(broken, in_place=plan.in_place | {convs[2]}))
+    # scratch over a live input, also the input an in-place conv is still reading
+    for i in (convs[0], convs[1]):
+        with pytest.raises(ValueError, match="scratch"):
+            bundle.check_plan(qm, _plan_with(plan, offsets={("scratch", i): plan.activation_offsets[qm.ops[i].inputs[0]]}))
 
 
 @needs_gcc

@@ -7,7 +7,7 @@ import json
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ class Plan:
     input_offset: int
     output_offset: int
     mutable_size: int
+    in_place: set = field(default_factory=set)  # conv op indices whose output overwrites their own input
 
 
 def _tensor_bytes(qm, tensor) -> int:
@@ -77,8 +78,32 @@ def kernel_weight_layout(weight: np.ndarray) -> np.ndarray:
     return np.concatenate([pairs.reshape(-1), rows[paired:].reshape(-1)])
 
 
+def conv_in_place_safe(qm: int8_graph.QuantModel, op) -> bool:
+    """Whether conv2d_s8 may write its output over its own input. The kernel works in steps (one pooled pixel, or a
+    tile of 4 pixels): it gathers every patch of the step, then writes the step's outputs. Safe when no step writes
+    input bytes that a later step still reads (the first byte a step reads is its patches' first inside pixel)."""
+    (in_h, in_w, in_c), (out_h, out_w, out_c) = qm.graph.shapes[op.inputs[0]], qm.graph.shapes[op.output]
+    if out_h * out_w * out_c > in_h * in_w * in_c:
+        return False
+    oy, ox = np.divmod(np.arange(out_h * out_w), out_w)
+    if op.pool == 2:  # step j: the 2x2 window of pooled pixel j, writes pooled pixel j
+        cy, cx, writes_end = 2 * oy, 2 * ox, (np.arange(out_h * out_w) + 1) * out_c
+    else:  # step t: pixels 4t..4t+3 (the earliest read is the first pixel's), writes them
+        cy, cx = oy[::4], ox[::4]
+        writes_end = np.minimum(np.arange(len(cy)) * 4 + 4, out_h * out_w) * out_c
+    first_read = (np.maximum(cy * op.stride[0] - op.pads[0], 0) * in_w + np.maximum(cx * op.stride[1] - op.pads[1], 0)) \
+        * in_c
+    later_first_read = np.minimum.accumulate(first_read[::-1])[::-1][1:]  # min over the steps after each one
+    return bool(np.all(writes_end[:-1] <= later_first_read))
+
+
+def _buffer_bytes(qm: int8_graph.QuantModel, op) -> int:
+    return _tensor_bytes(qm, op.output) * (4 if op.kind == "dequantize" else 1)
+
+
 def plan_memory(qm: int8_graph.QuantModel) -> Plan:
-    """Lay out constants, placeholders and activations (first-fit by liveness, 64-byte aligned)."""
+    """Lay out constants, placeholders and activations (first-fit by liveness, 64-byte aligned; a conv whose input
+    dies with it writes over that input when conv_in_place_safe). The plan is checked by check_plan."""
     constant, const_offsets = bytearray(), {}
     for i, op in enumerate(qm.ops):
         if op.kind in ("conv", "fc"):
@@ -89,24 +114,25 @@ def plan_memory(qm: int8_graph.QuantModel) -> Plan:
     graph = qm.graph
     in_bytes = 4 * int(np.prod(graph.input_shape))
     out_bytes = 4 * int(np.prod(graph.shapes[graph.output_name]))
-    # Which buffer each tensor lives in: Flatten aliases its input; placeholders live in mutable memory.
-    base = {}
-    for op in qm.ops:
-        base[op.output] = base.get(op.inputs[0], op.inputs[0]) if op.kind == "flatten" else op.output
-    last_use = {}
-    for i, op in enumerate(qm.ops):
-        for t in op.inputs:
-            last_use[base.get(t, t)] = i
-    allocated, offsets, peak_live, size = [], {}, 0, 0  # allocated: [(offset, end, key, last use)]
+    base, last_use = _buffers(qm)
+    allocated, offsets, peak_live, size, in_place = [], {}, 0, 0, set()  # allocated: [(offset, end, key, last use)]
     for i, op in enumerate(qm.ops):
         allocated = [a for a in allocated if a[3] >= i]
         wanted = []
         if op.kind not in ("flatten",) and op.output != graph.output_name:
-            nbytes = _tensor_bytes(qm, op.output) * (4 if op.kind == "dequantize" else 1)
-            wanted.append((op.output, nbytes, last_use.get(op.output, i)))
+            wanted.append((op.output, _buffer_bytes(qm, op), last_use.get(op.output, i)))
         scratch = _scratch_bytes(qm, op)
         if scratch:
             wanted.append((("scratch", i), scratch, i))
+        source = base.get(op.inputs[0], op.inputs[0])
+        dying = [a for a in allocated if a[2] == source and a[3] == i]
+        if op.kind == "conv" and dying and conv_in_place_safe(qm, op):
+            # the input stays reserved until this op ends (its scratch must not land on it)
+            start, (_, nbytes, until) = dying[0][0], wanted[0]
+            allocated.append((start, start + nbytes, op.output, until))
+            offsets[op.output] = start
+            in_place.add(i)
+            wanted = wanted[1:]
         for key, nbytes, until in wanted:
             offset = 0
             for start, end, _, _ in sorted(allocated):
@@ -120,8 +146,49 @@ def plan_memory(qm: int8_graph.QuantModel) -> Plan:
     for tensor, b in base.items():
         if b in offsets:
             offsets[tensor] = offsets[b]
-    return Plan(bytes(constant), const_offsets, offsets, size, peak_live / size if size else 1.0,
-                0, _align(in_bytes), _align(_align(in_bytes) + out_bytes))
+    plan = Plan(bytes(constant), const_offsets, offsets, size, peak_live / size if size else 1.0,
+                0, _align(in_bytes), _align(_align(in_bytes) + out_bytes), in_place)
+    check_plan(qm, plan)
+    return plan
+
+
+def _buffers(qm: int8_graph.QuantModel) -> tuple[dict, dict]:
+    """(tensor -> the buffer it lives in: Flatten aliases its input; buffer -> index of the last op reading it)."""
+    base = {}
+    for op in qm.ops:
+        base[op.output] = base.get(op.inputs[0], op.inputs[0]) if op.kind == "flatten" else op.output
+    last_use = {}
+    for i, op in enumerate(qm.ops):
+        for t in op.inputs:
+            last_use[base.get(t, t)] = i
+    return base, last_use
+
+
+def check_plan(qm: int8_graph.QuantModel, plan: Plan) -> None:
+    """The planner's invariant: two activation buffers alive during the same op never share a byte, except a conv
+    output over its own dying input where plan.in_place says so and conv_in_place_safe agrees. Raises ValueError
+    naming both buffers (a planner bug, not bad input)."""
+    base, last_use = _buffers(qm)
+    spans = []  # (first op, last op, offset, end, key)
+    for i, op in enumerate(qm.ops):
+        if op.output in plan.activation_offsets and base[op.output] == op.output:
+            offset = plan.activation_offsets[op.output]
+            spans.append((i, last_use.get(op.output, i), offset, offset + _buffer_bytes(qm, op), op.output))
+        if ("scratch", i) in plan.activation_offsets:
+            offset = plan.activation_offsets[("scratch", i)]
+            spans.append((i, i, offset, offset + _scratch_bytes(qm, op), ("scratch", i)))
+    for a, (a_first, a_last, a_start, a_end, a_key) in enumerate(spans):
+        if a_end > plan.activations_size:
+            raise ValueError(f"memory plan: {a_key} ends at {a_end}, past the activations size {plan.activations_size}")
+        for b_first, b_last, b_start, b_end, b_key in spans[a + 1:]:
+            if a_first > b_last or b_first > a_last or a_end <= b_start or b_end <= a_start:
+                continue
+            op = qm.ops[b_first]
+            if b_first in plan.in_place and b_key == op.output and a_key == op.inputs[0] and a_last == b_first and \
+                    conv_in_place_safe(qm, op):
+                continue
+            raise ValueError(f"memory plan: {a_key} [{a_start}, {a_end}) alive at ops {a_first}-{a_last} overlaps "
+                             f"{b_key} [{b_start}, {b_end}) alive at ops {b_first}-{b_last}")
 
 
 def _type_text(shape) -> str:
