@@ -147,6 +147,19 @@ def test_arm_object_has_dsp_path_and_is_deterministic(built, tmp_path, name):
     assert str(tmp_path).encode() not in first.read_bytes() and b"/tmp" not in first.read_bytes()
 
 
+def test_board_too_small_for_the_plan_is_refused_before_compiling(built, tmp_path):
+    small = board("rt1060")
+    small["memory"]["dtcm"]["length"] = 16 * 1024
+    with pytest.raises(ValueError) as err:
+        bundle.make_bundle(built / "m.onnx", built / "profile.yml", small, tmp_path / "bundle")
+    manifest = json.loads(bundle.generate_sources(built / "m.onnx", built / "profile.yml")["cifar.manifest.json"])
+    need = manifest["memory"]["mutable"] + manifest["memory"]["activations"] + small["firmware"]["stack_size"]
+    message = str(err.value)
+    assert "rt1060.toml" in message and "'dtcm' (16,384 B)" in message and "activations" in message
+    assert f"{need - 16 * 1024:,} B missing" in message and "[firmware.placement]" in message
+    assert not (tmp_path / "bundle").exists()  # nothing compiled, nothing half-written
+
+
 def test_xtensa_board_is_skipped_without_toolchain(built, tmp_path, monkeypatch):
     monkeypatch.delenv("XTENSA_TOOLS", raising=False)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")

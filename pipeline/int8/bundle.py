@@ -433,12 +433,37 @@ def compile_object(sources_dir, board: dict, network_name: str = "cifar", target
     return target
 
 
+def check_board_memory(board: dict, memory: dict) -> None:
+    """Refuse, before anything is compiled, a board whose [memory] regions cannot hold the bundle's buffers where
+    [firmware.placement] puts them: weights (constant), placeholders (mutable, with the data), activations and the
+    stack. `memory` is the manifest's {"constant", "mutable", "activations"}. Code and the app's own data are not
+    known yet and stay the linker's to check. Raises ValueError naming the region, what needs it, what is missing."""
+    firmware, regions = board.get("firmware", {}), board.get("memory", {})
+    placement = firmware.get("placement")
+    if not placement:
+        return
+    needs = {}
+    for what, key, nbytes in (("weights", "weights", memory["constant"]), ("placeholders", "data", memory["mutable"]),
+                              ("activations", "activations", memory["activations"]),
+                              ("stack", "stack", firmware.get("stack_size", 0))):
+        needs.setdefault(placement[key], []).append((what, nbytes))
+    for region, items in needs.items():
+        length, total = regions[region]["length"], sum(n for _, n in items)
+        if total > length:
+            raise ValueError(
+                f"boards/{board['name']}.toml: memory region {region!r} ({length:,} B) cannot hold "
+                f"{' + '.join(f'{what} {n:,} B' for what, n in items)} = {total:,} B: {total - length:,} B missing "
+                f"(before code and the app's data). Place some of them in another [memory] region "
+                f"([firmware.placement]), lower [firmware] stack_size, or use a smaller model.")
+
+
 def make_bundle(onnx_path, profile_path, board: dict, out_dir, network_name: str = "cifar",
                 layer_profile: bool = False) -> dict:
     """Write <out_dir>/{name.h, name.c, name.manifest.json, name.weights.bin, name.weights.txt, name.o} (out_dir
     replaced whole). Without the Xtensa toolchain the object is left out and the result says "skipped: ...".
     layer_profile compiles the per-layer timing hooks in (see compile_object)."""
     files = generate_sources(onnx_path, profile_path, network_name, layer_profile)
+    check_board_memory(board, json.loads(files[f"{network_name}.manifest.json"])["memory"])
     with atomic_dir(out_dir) as tmp:
         for fname, data in files.items():
             (tmp / fname).write_bytes(data)
