@@ -119,27 +119,38 @@ static inline __attribute__((always_inline)) void tile_2x4(const int8_t *w, cons
 #endif
 }
 
-/* nn_requantize out of line: left shifts are rare (an output scale finer than the accumulator's), and inlining
- * them at every store would cost flash for nothing. */
-static __attribute__((noinline)) int8_t requantize_general(int32_t acc, int shift, int act_min)
+static inline int32_t max4(const int32_t *s)
 {
-    return nn_requantize(acc, shift, act_min);
+    const int32_t m = s[0] > s[1] ? s[0] : s[1], n = s[2] > s[3] ? s[2] : s[3];
+    return m > n ? m : n;
+}
+
+/* Requantize `count` accumulators to outputs out_c apart. Out of line: left shifts are rare (an output scale finer
+ * than the accumulator's), and inlining them at every store would cost flash for nothing. */
+static __attribute__((noinline)) void store_general(const int32_t *s, int8_t *out, int count, int out_c, int shift,
+                                                    int act_min)
+{
+    for (int pixel = 0; pixel < count; pixel++) out[(size_t)pixel * out_c] = nn_requantize(s[pixel], shift, act_min);
 }
 
 /* One channel's results of a tile: with the pool the max of the 4 accumulators, requantized once (exact:
- * requantization is monotonic); else `count` pixels, out_c apart. rshift: min(shift, 31) - 1 when shift > 0,
- * else -1 (requantize_general). */
+ * requantization is monotonic); else `count` pixels, out_c apart. rshift = min(shift, 31) - 1 for a right shift
+ * (the usual case, inlined), else -1. */
 static inline void store_channel(const int32_t *s, int8_t *out, int count, int pooled, int out_c, int shift,
                                  int rshift, int act_min)
 {
     if (pooled) {
-        const int32_t m = s[0] > s[1] ? s[0] : s[1], n = s[2] > s[3] ? s[2] : s[3], top = m > n ? m : n;
-        *out = rshift >= 0 ? nn_requantize_right(top, rshift, act_min) : requantize_general(top, shift, act_min);
-        return;
+        const int32_t top = max4(s);
+        if (rshift < 0)
+            store_general(&top, out, 1, out_c, shift, act_min);
+        else
+            *out = nn_requantize_right(top, rshift, act_min);
+    } else if (rshift < 0) {
+        store_general(s, out, count, out_c, shift, act_min);
+    } else {
+        for (int pixel = 0; pixel < count; pixel++)
+            out[(size_t)pixel * out_c] = nn_requantize_right(s[pixel], rshift, act_min);
     }
-    for (int pixel = 0; pixel < count; pixel++)
-        out[(size_t)pixel * out_c] = rshift >= 0 ? nn_requantize_right(s[pixel], rshift, act_min)
-                                                 : requantize_general(s[pixel], shift, act_min);
 }
 
 static void tile_outputs(const conv2d_s8_params *p, const int8_t *weights, const int32_t *bias,
@@ -165,23 +176,17 @@ static void tile_outputs(const conv2d_s8_params *p, const int8_t *weights, const
 void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *weights, const int32_t *bias,
                int8_t *output, int16_t *scratch)
 {
-    const int out_w = p->out_w, out_c = p->out_c, pixels = p->out_h * out_w;
+    const int out_w = p->out_w, out_c = p->out_c, pixels = p->out_h * out_w, pooled = p->pool == 2;
     int8_t *const stage = (int8_t *)(scratch + TILE_PIXELS * conv_row_length(p));
-    if (p->pool == 2) {
-        for (int pixel = 0; pixel < pixels; pixel++) {
-            const int oy = 2 * (pixel / out_w), ox = 2 * (pixel % out_w);
-            for (int slot = 0; slot < TILE_PIXELS; slot++)
-                im2col_s16(p, input, oy + slot / 2, ox + slot % 2, scratch + 4 * slot, stage);
-            tile_outputs(p, weights, bias, scratch, output + (size_t)pixel * out_c, TILE_PIXELS);
+    /* A step: one pooled pixel (its 2x2 window), or 4 pixels in order (a short last step repeats its last one). */
+    for (int first = 0; first < pixels; first += pooled ? 1 : TILE_PIXELS) {
+        const int count = pooled ? TILE_PIXELS : (pixels - first < TILE_PIXELS ? pixels - first : TILE_PIXELS);
+        for (int slot = 0; slot < TILE_PIXELS; slot++) {
+            const int q = first + (slot < count ? slot : count - 1);
+            const int oy = pooled ? 2 * (first / out_w) + slot / 2 : q / out_w;
+            const int ox = pooled ? 2 * (first % out_w) + slot % 2 : q % out_w;
+            im2col_s16(p, input, oy, ox, scratch + 4 * slot, stage);
         }
-        return;
-    }
-    for (int pixel = 0; pixel < pixels; pixel += TILE_PIXELS) {
-        const int count = pixels - pixel < TILE_PIXELS ? pixels - pixel : TILE_PIXELS;
-        for (int slot = 0; slot < TILE_PIXELS; slot++) { /* a short last tile repeats its last pixel */
-            const int q = pixel + (slot < count ? slot : count - 1);
-            im2col_s16(p, input, q / out_w, q % out_w, scratch + 4 * slot, stage);
-        }
-        tile_outputs(p, weights, bias, scratch, output + (size_t)pixel * out_c, count);
+        tile_outputs(p, weights, bias, scratch, output + (size_t)first * out_c, count);
     }
 }
