@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.firmware import emulator, link  # noqa: E402
-from pipeline.int8 import bundle, profile  # noqa: E402
+from pipeline.int8 import bundle, layer_profile, profile  # noqa: E402
 from pipeline.core.config import load_board  # noqa: E402
 from pipeline.int8.image_inc import write_image_inc  # noqa: E402
 from pipeline.model.network import CifarNet  # noqa: E402
@@ -53,21 +53,13 @@ def measure(board_name: str, onnx_path: Path, profile_path: Path, work: Path, la
                                        image_inc=out / "source" / "input_image_test.inc", images=images[1:],
                                        labels=LABELS, out_dir=out, network="cifar")
     return {"size": link.firmware_size(board, elfs["elf"]), "summary": summary, "board": board,
-            "layers": bundle.read_manifest(out / "bundle")["layers"]}
+            "manifest": bundle.read_manifest(out / "bundle")}
 
 
 def print_layers(result: dict) -> None:
     """The per-layer table of a layer_profile build (each layer includes one call of the timing hook)."""
-    counts = result["summary"]["images"][0]["layer_instructions"]
-    print(f"  per layer (layer_profile build, first image):")
-    print(f"  {'#':>3} {'kernel':19s} {'output':28s} {'instructions':>13} {'MACs':>11} {'instr/MAC':>9}")
-    for layer, instructions in zip(result["layers"], counts):
-        per_mac = f"{instructions / layer['macs']:9.3f}" if layer["macs"] else f"{'':9s}"
-        pool = " +pool" if layer["fused_pool"] else ""
-        print(f"  {layer['layer']:>3} {layer['kernel'] + pool:19s} {layer['output'][-28:]:28s} {instructions:>13,} "
-              f"{layer['macs']:>11,} {per_mac}")
-    total, macs = sum(counts), sum(layer["macs"] for layer in result["layers"])
-    print(f"  {'':3} {'sum of layers':48s} {total:>13,} {macs:>11,} {total / macs:9.3f}")
+    print("  per layer (layer_profile build, first image):")
+    print(layer_profile.markdown_table(layer_profile.layer_rows(result["manifest"], result["summary"])))
 
 
 def main() -> None:

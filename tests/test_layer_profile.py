@@ -1,6 +1,7 @@
 """Per-layer profile build option: the bundle compiled with layer_profile calls the firmware's timing hook after
 each kernel; under QEMU the per-layer counts must cover the whole inference measured by the same SysTick, and the
 profiled firmware must still answer bit for bit like the host bundle."""
+import json
 import shutil
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 from pipeline.core.config import load_board
 from pipeline.firmware import emulator, link
-from pipeline.int8 import bundle, profile
+from pipeline.int8 import bundle, layer_profile, profile
 from pipeline.int8.image_inc import write_image_inc
 from tiny_model import export_onnx, synthetic_images, train_tiny_model
 
@@ -18,14 +19,21 @@ pytestmark = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shu
 LABELS = [f"class{i}" for i in range(10)]
 
 
-@pytest.mark.parametrize("board_name", ["rt1060", "rt685_m33"])
-def test_layer_counts_cover_the_inference_and_answers_stay_bit_exact(tmp_path, board_name):
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    work = tmp_path_factory.mktemp("model")
     images, labels = synthetic_images(100, seed=5)
-    export_onnx(train_tiny_model(images, labels, steps=10), tmp_path / "cifar.onnx")
-    profile.make_profile(tmp_path / "cifar.onnx", images[:10], tmp_path / "profile.yml")
+    export_onnx(train_tiny_model(images, labels, steps=10), work / "cifar.onnx")
+    profile.make_profile(work / "cifar.onnx", images[:10], work / "profile.yml")
+    write_image_inc(images[50], work / "input_image_test.inc", "synthetic 50", 0, LABELS[0])
+    return work, images
+
+
+@pytest.mark.parametrize("board_name", ["rt1060", "rt685_m33"])
+def test_layer_counts_cover_the_inference_and_answers_stay_bit_exact(model, tmp_path, board_name):
+    work, images = model
     board = load_board(board_name)
-    bundle.make_bundle(tmp_path / "cifar.onnx", tmp_path / "profile.yml", board, tmp_path / "bundle",
-                       layer_profile=True)
+    bundle.make_bundle(work / "cifar.onnx", work / "profile.yml", board, tmp_path / "bundle", layer_profile=True)
     write_image_inc(images[50], tmp_path / "source" / "input_image_test.inc", "synthetic 50", 0, LABELS[0])
     elfs = link.firmware_stage(board, bundle_dir=tmp_path / "bundle", source_dir=tmp_path / "source",
                                out_dir=tmp_path, network="cifar", labels=LABELS)
@@ -43,6 +51,26 @@ def test_layer_counts_cover_the_inference_and_answers_stay_bit_exact(tmp_path, b
         assert 0 <= missing <= 10 * summary["instructions_per_tick"], (image["instructions"], counts)
         conv = [c for c, layer in zip(counts, layers) if layer["kernel"] == "conv2d_s8"]
         assert min(conv) > max(c for c, layer in zip(counts, layers) if layer["macs"] == 0)
+
+
+def test_report_section_has_a_table_per_board_and_a_chart(model, tmp_path):
+    work, images = model
+    dirs = {}
+    for name in ("rt1060", "rt685_m33"):
+        dirs[name] = tmp_path / name
+        layer_profile.profile_stage(load_board(name), onnx_path=work / "cifar.onnx", profile_path=work / "profile.yml",
+                                    image_inc=work / "input_image_test.inc", images=images[51:52], labels=LABELS,
+                                    out_dir=dirs[name], network="cifar")
+    layer_profile.report_stage(dirs, tmp_path / "layers.md", tmp_path / "layers.png", "cifar")
+    text = (tmp_path / "layers.md").read_text()
+    assert text.count("| # | Kernel |") == 2 and "### rt1060" in text and "### rt685_m33" in text
+    summary = json.loads((dirs["rt1060"] / "emulator.json").read_text())
+    assert f"**{sum(summary['images'][0]['layer_instructions']):,}**" in text
+    assert "`conv2d_s8 + 2x2 max pool`" in text
+    assert (tmp_path / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a plain build has no layer counts: the table is refused with the fix
+    with pytest.raises(ValueError, match="layer_profile"):
+        layer_profile.layer_rows(bundle.read_manifest(dirs["rt1060"] / "bundle"), {"images": [{}]})
 
 
 def test_log_layer_lines_belong_to_their_image():
