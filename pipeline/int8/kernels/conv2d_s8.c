@@ -15,29 +15,42 @@ static inline int conv_row_length(const conv2d_s8_params *p)
     return NN_ROW_LENGTH(p->kernel_h * p->kernel_w * p->in_c);
 }
 
+/* `count` values (a multiple of 4) of zeros into column `col` from value k on. */
+static inline void zero_groups(int16_t *col, int k, int count)
+{
+    for (int16_t *group = col + (k >> 2) * GROUP_STRIDE, *end = group + (count >> 2) * GROUP_STRIDE; group != end;
+         group += GROUP_STRIDE)
+        memset(group, 0, 4 * sizeof(int16_t));
+}
+
 /* The widened patch of conv output pixel (oy, ox) into column `col` (groups GROUP_STRIDE apart); padding and the
- * row's tail read as 0. With a channel count that is not a multiple of 4, groups straddle pixels: the patch is
- * then gathered as int8 in `stage` (k_row bytes) and widened in one pass. Parameters are copied to locals: the
- * int16 stores could otherwise alias *p's fields. */
+ * row's tail read as 0. A patch row's pixels inside the input are contiguous (NHWC), so each row is one run.
+ * With a channel count that is not a multiple of 4, groups straddle pixels: the patch is then gathered as int8 in
+ * `stage` (k_row bytes) and widened in one pass. Parameters are copied to locals: the int16 stores could
+ * otherwise alias *p's fields. */
 static void im2col_s16(const conv2d_s8_params *p, const int8_t *input, int oy, int ox, int16_t *col, int8_t *stage)
 {
     const int in_h = p->in_h, in_w = p->in_w, in_c = p->in_c, kernel_h = p->kernel_h, kernel_w = p->kernel_w;
     const int y0 = oy * p->stride_h - p->pad_top, x0 = ox * p->stride_w - p->pad_left;
     const int k_row = conv_row_length(p), whole_groups = (in_c & 3) == 0;
+    /* inside pixels of a patch row: [first, last) */
+    const int left = x0 < 0 ? (-x0 < kernel_w ? -x0 : kernel_w) : 0;
+    const int right = x0 + kernel_w > in_w ? in_w - x0 : kernel_w;
     int k = 0;
-    for (int iy = y0; iy < y0 + kernel_h; iy++) {
-        for (int ix = x0; ix < x0 + kernel_w; ix++, k += in_c) {
-            const int inside = iy >= 0 && iy < in_h && ix >= 0 && ix < in_w;
-            const int8_t *src = input + ((size_t)iy * in_w + ix) * in_c;
-            if (!whole_groups) {
-                for (int c = 0; c < in_c; c++) stage[k + c] = inside ? src[c] : 0;
-            } else if (inside) {
-                nn_widen_groups(src, col + (k >> 2) * GROUP_STRIDE, in_c, GROUP_STRIDE);
-            } else {
-                for (int16_t *group = col + (k >> 2) * GROUP_STRIDE, *end = group + (in_c >> 2) * GROUP_STRIDE;
-                     group != end; group += GROUP_STRIDE)
-                    memset(group, 0, 4 * sizeof(int16_t));
-            }
+    for (int iy = y0; iy < y0 + kernel_h; iy++, k += kernel_w * in_c) {
+        const int first = iy < 0 || iy >= in_h ? kernel_w : left;
+        const int last = iy < 0 || iy >= in_h || right < first ? first : right;
+        const int start = first * in_c, end = last * in_c, row_end = kernel_w * in_c;
+        const int8_t *src = input + ((size_t)(iy < 0 ? 0 : iy) * in_w + x0 + first) * in_c;
+        if (whole_groups) {
+            zero_groups(col, k, start);
+            nn_widen_groups(src, col + ((k + start) >> 2) * GROUP_STRIDE, end - start, GROUP_STRIDE);
+            zero_groups(col, k + end, row_end - end);
+        } else {
+            int j = 0;
+            for (; j < start; j++) stage[k + j] = 0;
+            for (; j < end; j++) stage[k + j] = src[j - start];
+            for (; j < row_end; j++) stage[k + j] = 0;
         }
     }
     if (whole_groups) return; /* k == k_row */
@@ -127,8 +140,8 @@ static inline int32_t max4(const int32_t *s)
 
 /* Requantize `count` accumulators to outputs out_c apart. Out of line: left shifts are rare (an output scale finer
  * than the accumulator's), and inlining them at every store would cost flash for nothing. */
-static __attribute__((noinline)) void store_general(const int32_t *s, int8_t *out, int count, int out_c, int shift,
-                                                    int act_min)
+static __attribute__((noinline, cold)) void store_general(const int32_t *s, int8_t *out, int count, int out_c,
+                                                          int shift, int act_min)
 {
     for (int pixel = 0; pixel < count; pixel++) out[(size_t)pixel * out_c] = nn_requantize(s[pixel], shift, act_min);
 }
