@@ -91,8 +91,9 @@ def conv_in_place_safe(qm: int8_graph.QuantModel, op) -> bool:
     else:  # step t: pixels 4t..4t+3 (the earliest read is the first pixel's), writes them
         cy, cx = oy[::4], ox[::4]
         writes_end = np.minimum(np.arange(len(cy)) * 4 + 4, out_h * out_w) * out_c
-    first_read = (np.maximum(cy * op.stride[0] - op.pads[0], 0) * in_w + np.maximum(cx * op.stride[1] - op.pads[1], 0)) \
-        * in_c
+    first_row = np.maximum(cy * op.stride[0] - op.pads[0], 0)
+    first_column = np.maximum(cx * op.stride[1] - op.pads[1], 0)
+    first_read = (first_row * in_w + first_column) * in_c
     later_first_read = np.minimum.accumulate(first_read[::-1])[::-1][1:]  # min over the steps after each one
     return bool(np.all(writes_end[:-1] <= later_first_read))
 
