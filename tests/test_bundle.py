@@ -134,6 +134,29 @@ def test_generated_c_is_bit_exact_with_numpy_reference(built, tmp_path, dsp_shim
     assert len(set(got.argmax(1))) > 1
 
 
+@needs_gcc
+def test_left_shift_requantization_is_bit_exact(built, tmp_path):
+    """Output ranges far below the accumulator's scale make the convs requantize by a left shift: the kernels'
+    out-of-line general path, with and without the fused pool."""
+    prof = profile.read_profile(built / "profile.yml")
+    relus = [entry for entry in prof.entries if "Relu" in entry.name]
+    for entry in (relus[0], relus[-1]):  # the first conv (no pool) and the last (pooled)
+        entry.min, entry.max = 0.0, 0.005
+    profile.write_profile(prof, tmp_path / "profile.yml")
+    graph = int8_graph.load_graph(built / "m.onnx")
+    qm = int8_graph.quantize_graph(graph, profile.read_profile(tmp_path / "profile.yml").ranges())
+    assert {op.pool for op in qm.ops if op.kind == "conv" and op.shift <= 0} == {1, 2}
+    (tmp_path / "src").mkdir()
+    for name, data in bundle.generate_sources(built / "m.onnx", tmp_path / "profile.yml").items():
+        (tmp_path / "src" / name).write_bytes(data)
+    x = to_input(synthetic_images(200, seed=15)[0])
+    expected = int8_graph.run_int8(qm, x)
+    for dsp_shim in (False, True):
+        runner = bundle.build_host_runner(tmp_path / "src", tmp_path / "host", dsp_shim=dsp_shim)
+        np.testing.assert_array_equal(bundle.run_host_bundle(runner, tmp_path / "src" / "cifar.weights.bin", x,
+                                                             tmp_path / "host"), expected)
+
+
 @needs_arm
 @pytest.mark.parametrize("name", ["rt1060", "rt685_m33"])
 def test_arm_object_has_dsp_path_and_is_deterministic(built, tmp_path, name):
