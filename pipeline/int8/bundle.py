@@ -8,6 +8,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,6 @@ from pipeline.core.tools import ARM_INSTALL_HINT, XTENSA_INSTALL_HINT, Skipped, 
 
 MEM_ALIGN = 64
 KERNELS_DIR = Path(__file__).parent / "kernels"
-KERNEL_SOURCES = ("add_s8.c", "conv2d_s8.c", "dequantize_s8_f32.c", "fully_connected_s8.c", "max_pool_s8.c",
-                  "quantize_f32_s8.c", "relu_s8.c", "softmax_f32.c")
 BASE_CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-ffunction-sections", "-fdata-sections"]
 
 
@@ -56,16 +55,6 @@ def _tensor_bytes(qm, tensor) -> int:
 def _row_length(op) -> int:
     """Weight rows (and the int16 columns they meet) are zero-padded to a multiple of 4 (NN_ROW_LENGTH)."""
     return (op.weight.shape[1] + 3) // 4 * 4
-
-
-def _scratch_bytes(qm, op) -> int:
-    if op.kind == "conv":
-        # four int16 im2col columns (conv2d_s8.c TILE_PIXELS), and an int8 patch when groups straddle pixels
-        in_channels = qm.graph.shapes[op.inputs[0]][2]
-        return 4 * 2 * _row_length(op) + (_row_length(op) if in_channels % 4 else 0)
-    if op.kind == "fc":
-        return 2 * _row_length(op)  # the input widened to int16
-    return 0
 
 
 def kernel_weight_layout(weight: np.ndarray) -> np.ndarray:
@@ -271,24 +260,11 @@ def render_header(name: str, qm: int8_graph.QuantModel, plan: Plan) -> str:
     return "\n".join(lines)
 
 
-KERNEL_OF = {"quantize": "quantize_f32_s8", "conv": "conv2d_s8", "fc": "fully_connected_s8",
-             "maxpool": "max_pool_s8", "relu": "relu_s8", "add": "add_s8", "dequantize": "dequantize_s8_f32",
-             "softmax": "softmax_f32"}  # flatten has no kernel: its output aliases its input
-
-
-def layer_macs(qm: int8_graph.QuantModel, op) -> int:
-    """Multiply-accumulates of one op (conv: every conv output pixel, also those a fused pool reduces)."""
-    if op.kind == "conv":
-        oh, ow, out_c = qm.graph.shapes[op.output]
-        return oh * op.pool * ow * op.pool * out_c * op.weight.shape[1]
-    return int(op.weight.size) if op.kind == "fc" else 0
-
-
 def layers(qm: int8_graph.QuantModel) -> list[dict]:
     """The bundle's kernel calls in order (layer k is the k-th call, the index NN_LAYER_MARK reports)."""
-    calls = [(i, op) for i, op in enumerate(qm.ops) if op.kind in KERNEL_OF]
-    return [{"layer": k, "kernel": KERNEL_OF[op.kind], "node": op.node, "output": op.output,
-             "shape": list(qm.graph.shapes.get(op.output, ())), "macs": layer_macs(qm, op),
+    calls = [(i, op) for i, op in enumerate(qm.ops) if op.kind in KERNELS]
+    return [{"layer": k, "kernel": KERNELS[op.kind].function, "node": op.node, "output": op.output,
+             "shape": list(qm.graph.shapes.get(op.output, ())), "macs": KERNELS[op.kind].macs(qm, op),
              "fused_pool": op.pool == 2} for k, (_, op) in enumerate(calls)]
 
 
@@ -310,60 +286,126 @@ def render_manifest(name: str, qm: int8_graph.QuantModel, plan: Plan, layer_prof
     return json.dumps(manifest, indent=2) + "\n"
 
 
+class _Emitter:
+    """C expressions for one bundle's buffers: activations at their planned offsets, the output placeholder, the
+    constants."""
+
+    def __init__(self, name: str, qm: int8_graph.QuantModel, plan: Plan):
+        self.qm, self.plan, self.upper, self.shapes = qm, plan, name.upper(), qm.graph.shapes
+
+    def placeholder(self, tensor, ctype) -> str:
+        return f"({ctype} *)(mutableWeight + {self.upper}_{c_identifier(tensor)})"
+
+    def buf(self, tensor, ctype="int8_t") -> str:
+        if tensor == self.qm.graph.output_name:
+            return self.placeholder(tensor, ctype)
+        return f"({ctype} *)(activations + {self.plan.activation_offsets[tensor]})"
+
+    def const(self, i, part, ctype) -> str:
+        return f"(const {ctype} *)(constantWeight + {self.plan.constant_offsets[(i, part)]})"
+
+    def size(self, tensor) -> int:
+        return _tensor_bytes(self.qm, tensor)
+
+
+def _quantize_call(e: _Emitter, i, op):
+    _, c, h, w = e.qm.graph.input_shape
+    src = e.placeholder(e.qm.graph.input_name, "const float")
+    return None, f"quantize_f32_s8({src}, {e.buf(op.output)}, {c}, {h}, {w}, {_hex_float(2.0 ** -op.out_exp)});"
+
+
+def _conv_call(e: _Emitter, i, op):
+    (ih, iw, ic), (oh, ow, oc) = e.shapes[op.inputs[0]], e.shapes[op.output]
+    params = (f"static const conv2d_s8_params op{i}_params = {{{ih}, {iw}, {ic}, {oh}, {ow}, {oc}, {op.kernel[0]}, "
+              f"{op.kernel[1]}, {op.stride[0]}, {op.stride[1]}, {op.pads[0]}, {op.pads[1]}, {op.shift}, {op.act_min}, "
+              f"{op.pool}}};")
+    return params, (f"conv2d_s8(&op{i}_params, {e.buf(op.inputs[0])}, {e.const(i, 'weight', 'int8_t')}, "
+                    f"{e.const(i, 'bias', 'int32_t')}, {e.buf(op.output)}, {e.buf(('scratch', i), 'int16_t')});")
+
+
+def _fc_call(e: _Emitter, i, op):
+    params = (f"static const fully_connected_s8_params op{i}_params = {{{op.weight.shape[1]}, {op.weight.shape[0]}, "
+              f"{op.shift}, {op.act_min}}};")
+    return params, (f"fully_connected_s8(&op{i}_params, {e.buf(op.inputs[0])}, {e.const(i, 'weight', 'int8_t')}, "
+                    f"{e.const(i, 'bias', 'int32_t')}, {e.buf(op.output)}, {e.buf(('scratch', i), 'int16_t')});")
+
+
+def _maxpool_call(e: _Emitter, i, op):
+    (ih, iw, ic), (oh, ow, _) = e.shapes[op.inputs[0]], e.shapes[op.output]
+    params = (f"static const max_pool_s8_params op{i}_params = {{{ih}, {iw}, {ic}, {oh}, {ow}, {op.kernel[0]}, "
+              f"{op.kernel[1]}, {op.stride[0]}, {op.stride[1]}, {op.pads[0]}, {op.pads[1]}}};")
+    return params, f"max_pool_s8(&op{i}_params, {e.buf(op.inputs[0])}, {e.buf(op.output)});"
+
+
+def _relu_call(e: _Emitter, i, op):
+    return None, f"relu_s8({e.buf(op.inputs[0])}, {e.buf(op.output)}, {e.size(op.output)});"
+
+
+def _add_call(e: _Emitter, i, op):
+    return None, (f"add_s8({e.buf(op.inputs[0])}, {e.buf(op.inputs[1])}, {e.buf(op.output)}, {e.size(op.output)}, "
+                  f"{op.input_shifts[0]}, {op.input_shifts[1]}, {op.act_min});")
+
+
+def _dequantize_call(e: _Emitter, i, op):
+    return None, (f"dequantize_s8_f32({e.buf(op.inputs[0])}, {e.buf(op.output, 'float')}, {e.size(op.inputs[0])}, "
+                  f"{_hex_float(2.0 ** op.out_exp)});")
+
+
+def _softmax_call(e: _Emitter, i, op):
+    return None, f"softmax_f32({e.buf(op.inputs[0], 'float')}, {e.buf(op.output, 'float')}, {e.size(op.output)});"
+
+
+def _conv_scratch(qm, op) -> int:
+    # four int16 im2col columns (conv2d_s8.c TILE_PIXELS), and an int8 patch row when groups straddle pixels
+    in_channels = qm.graph.shapes[op.inputs[0]][2]
+    return 4 * 2 * _row_length(op) + (_row_length(op) if in_channels % 4 else 0)
+
+
+def _conv_macs(qm, op) -> int:
+    oh, ow, out_c = qm.graph.shapes[op.output]  # every conv output pixel, also those a fused pool reduces
+    return oh * op.pool * ow * op.pool * out_c * op.weight.shape[1]
+
+
+def _none(qm, op) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """What the bundle knows of one op kind: its C function (kernels/<function>.c), the call it emits
+    (emitter, op index, op) -> (static params line or None, call), its scratch bytes and its MACs."""
+    function: str
+    call: Callable
+    scratch: Callable = _none
+    macs: Callable = _none
+
+
+KERNELS = {  # flatten has no kernel: its output aliases its input
+    "quantize": Kernel("quantize_f32_s8", _quantize_call),
+    "conv": Kernel("conv2d_s8", _conv_call, _conv_scratch, _conv_macs),
+    "fc": Kernel("fully_connected_s8", _fc_call, lambda qm, op: 2 * _row_length(op),  # the input widened to int16
+                 lambda qm, op: int(op.weight.size)),
+    "maxpool": Kernel("max_pool_s8", _maxpool_call),
+    "relu": Kernel("relu_s8", _relu_call),
+    "add": Kernel("add_s8", _add_call),
+    "dequantize": Kernel("dequantize_s8_f32", _dequantize_call),
+    "softmax": Kernel("softmax_f32", _softmax_call),
+}
+KERNEL_SOURCES = tuple(sorted(f"{k.function}.c" for k in KERNELS.values()))
+
+
+def _scratch_bytes(qm, op) -> int:
+    return KERNELS[op.kind].scratch(qm, op) if op.kind in KERNELS else 0
+
+
 def render_source(name: str, qm: int8_graph.QuantModel, plan: Plan) -> str:
     """The bundle's C: one kernel call per quantized op, buffers at their planned offsets."""
-    graph, shapes = qm.graph, qm.graph.shapes
-    upper = name.upper()
-    act = plan.activation_offsets
-
-    def buf(tensor, ctype="int8_t"):
-        if tensor == graph.output_name:
-            return f"({ctype} *)(mutableWeight + {upper}_{c_identifier(graph.output_name)})"
-        return f"({ctype} *)(activations + {act[tensor]})"
-
-    def const(i, part, ctype):
-        return f"(const {ctype} *)(constantWeight + {plan.constant_offsets[(i, part)]})"
-
-    params, calls, layer = [], [], 0
-    for i, op in enumerate(qm.ops):
-        comment = f"    /* {op.kind} {op.node} -> {op.output} (scale 2^{op.out_exp}) */"
-        if op.kind == "quantize":
-            _, c, h, w = graph.input_shape
-            src = f"(const float *)(mutableWeight + {upper}_{c_identifier(graph.input_name)})"
-            call = f"quantize_f32_s8({src}, {buf(op.output)}, {c}, {h}, {w}, {_hex_float(2.0 ** -op.out_exp)});"
-        elif op.kind == "conv":
-            (ih, iw, ic), (oh, ow, oc) = shapes[op.inputs[0]], shapes[op.output]
-            params.append(f"static const conv2d_s8_params op{i}_params = {{{ih}, {iw}, {ic}, {oh}, {ow}, {oc}, "
-                          f"{op.kernel[0]}, {op.kernel[1]}, {op.stride[0]}, {op.stride[1]}, {op.pads[0]}, "
-                          f"{op.pads[1]}, {op.shift}, {op.act_min}, {op.pool}}};")
-            call = (f"conv2d_s8(&op{i}_params, {buf(op.inputs[0])}, {const(i, 'weight', 'int8_t')}, "
-                    f"{const(i, 'bias', 'int32_t')}, {buf(op.output)}, {buf(('scratch', i), 'int16_t')});")
-        elif op.kind == "fc":
-            params.append(f"static const fully_connected_s8_params op{i}_params = {{{op.weight.shape[1]}, "
-                          f"{op.weight.shape[0]}, {op.shift}, {op.act_min}}};")
-            call = (f"fully_connected_s8(&op{i}_params, {buf(op.inputs[0])}, {const(i, 'weight', 'int8_t')}, "
-                    f"{const(i, 'bias', 'int32_t')}, {buf(op.output)}, {buf(('scratch', i), 'int16_t')});")
-        elif op.kind == "maxpool":
-            (ih, iw, ic), (oh, ow, _) = shapes[op.inputs[0]], shapes[op.output]
-            params.append(f"static const max_pool_s8_params op{i}_params = {{{ih}, {iw}, {ic}, {oh}, {ow}, "
-                          f"{op.kernel[0]}, {op.kernel[1]}, {op.stride[0]}, {op.stride[1]}, {op.pads[0]}, "
-                          f"{op.pads[1]}}};")
-            call = f"max_pool_s8(&op{i}_params, {buf(op.inputs[0])}, {buf(op.output)});"
-        elif op.kind == "flatten":
-            continue
-        elif op.kind == "relu":
-            call = f"relu_s8({buf(op.inputs[0])}, {buf(op.output)}, {_tensor_bytes(qm, op.output)});"
-        elif op.kind == "add":
-            call = (f"add_s8({buf(op.inputs[0])}, {buf(op.inputs[1])}, {buf(op.output)}, "
-                    f"{_tensor_bytes(qm, op.output)}, {op.input_shifts[0]}, {op.input_shifts[1]}, {op.act_min});")
-        elif op.kind == "dequantize":
-            call = (f"dequantize_s8_f32({buf(op.inputs[0])}, {buf(op.output, 'float')}, "
-                    f"{_tensor_bytes(qm, op.inputs[0])}, {_hex_float(2.0 ** op.out_exp)});")
-        else:
-            call = (f"softmax_f32({buf(op.inputs[0], 'float')}, {buf(op.output, 'float')}, "
-                    f"{_tensor_bytes(qm, op.output)});")
-        calls += [comment, "    " + call, f"    NN_LAYER_MARK({layer});"]
-        layer += 1
+    emitter, params, calls = _Emitter(name, qm, plan), [], []
+    for layer, (i, op) in enumerate((i, op) for i, op in enumerate(qm.ops) if op.kind in KERNELS):
+        param, call = KERNELS[op.kind].call(emitter, i, op)
+        params += [param] if param else []
+        calls += [f"    /* {op.kind} {op.node} -> {op.output} (scale 2^{op.out_exp}) */", f"    {call}",
+                  f"    NN_LAYER_MARK({layer});"]
     return "\n".join([
         f"/* Bundle \"{name}\" generated by the built-in int8 backend (Glow symmetric_with_power2_scale). */",
         f'#include "{name}.h"', '#include "nn_kernels.h"', "", *params, "",
