@@ -44,6 +44,11 @@ for board_name, skips in SKIPS.items():  # a bundle Glow cannot make here skips 
     if "bundle" in skips:
         skips.update({step_name: f"bundle:{board_name} {skips['bundle']}"
                       for step_name in ("main_c", "firmware", "emulate", "zephyr", "mcux_sdk")})
+    profiling = skips.get("emulate") or skips.get("firmware") or (
+        None if BACKEND == "builtin" else "per-layer profiling times the built-in backend's kernels; Glow's bundle "
+                                          "has no timing hooks")
+    if profiling:
+        skips["layer_profile"] = profiling
 
 hold_build_lock(LAYOUT.build)
 stop_cleanly_on_interrupt()
@@ -53,7 +58,8 @@ DOIT_CONFIG = {
     "verbosity": 2,
     "reporter": RunSummaryReporter,
     "default_tasks": ["dataset", "train", "export", "profile", "tune", "accuracy", "bundle", "image_inc", "main_c",
-                      "firmware", "emulate", "zephyr", "mcux_sdk", "int8_predictions", *EVALUATION_FILES, "report"],
+                      "firmware", "emulate", "layer_profile", "zephyr", "mcux_sdk", "int8_predictions",
+                      *EVALUATION_FILES, "report"],
 }
 
 
@@ -141,7 +147,7 @@ def task_main_c():
     for board in BOARDS:
         yield step("firmware.app:main_c_stage", subtask=board.board, skip=SKIPS[board.board].get("main_c"),
                    record=board.skip_record("main_c"), outputs=[board.main_c],
-                   inputs=[board.header, board.image_inc, LAYOUT.classes, board.board_file],
+                   inputs=[*board.bundle_files, board.image_inc, LAYOUT.classes, board.board_file],
                    board=board.spec, data_dir=LAYOUT.data, bundle_dir=board.bundle, source_dir=board.source,
                    network=NAME, hardening=FIRMWARE["hardening"].get(board.board))
 
@@ -170,6 +176,20 @@ def task_emulate():
                    count=FIRMWARE["emulator_images"], elf=board.emulator_elf, bundle_dir=board.bundle,
                    image_inc=board.image_inc, out_dir=board.root, network=NAME, timeout=FIRMWARE["emulator_timeout"],
                    hardening=FIRMWARE["hardening"].get(board.board), **glow_reference)
+
+
+def task_layer_profile():
+    """Instructions per layer: the firmware rebuilt with a bundle that times every kernel call, run under QEMU."""
+    for board in BOARDS:
+        profiled = board.profiled
+        yield step("int8.layer_profile:layer_profile_stage", subtask=board.board,
+                   skip=SKIPS[board.board].get("layer_profile"), record=board.skip_record("layer_profile"),
+                   inputs=[LAYOUT.onnx, LAYOUT.tuned, board.image_inc, board.board_file, *LAYOUT.split("test")],
+                   outputs=[*profiled.bundle_files, profiled.object, profiled.image_inc, profiled.main_c,
+                            *profiled.firmware, *profiled.emulator_outputs, board.layers],
+                   board=board.spec, onnx_path=LAYOUT.onnx, profile_path=LAYOUT.tuned, data_dir=LAYOUT.data,
+                   image_inc=board.image_inc, out_dir=profiled.root, network=NAME,
+                   timeout=FIRMWARE["emulator_timeout"])
 
 
 def vendor_step(function: str, board, outputs: list, **params) -> dict:

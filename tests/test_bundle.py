@@ -1,5 +1,6 @@
 """Bundle: Glow's header ABI and weight formats; the generated C (portable and DSP paths) is bit-exact with the
 int8 NumPy reference; per-board objects are cross-compiled deterministically."""
+import dataclasses
 import json
 import re
 import shutil
@@ -15,7 +16,7 @@ from pipeline.int8 import bundle
 from pipeline.int8 import graph as int8_graph
 from pipeline.int8 import profile
 from pipeline.int8 import quantize
-from pipeline.model.shapes import to_input
+from pipeline.model.shapes import count_macs, to_input
 from pipeline.core.tools import Skipped
 
 BOARDS = Path(__file__).resolve().parents[1] / "boards"
@@ -85,19 +86,75 @@ def test_memory_plan_reuses_buffers(built):
     assert plan.activations_size < all_tensors
 
 
+def _plan_with(plan, **changes):
+    return dataclasses.replace(plan, activation_offsets={**plan.activation_offsets, **changes.get("offsets", {})},
+                               in_place=changes.get("in_place", plan.in_place))
+
+
+def test_memory_plan_check_catches_overlapping_live_buffers(built):
+    graph = int8_graph.load_graph(built / "m.onnx")
+    qm = int8_graph.quantize_graph(graph, profile.read_profile(built / "profile.yml").ranges())
+    plan = bundle.plan_memory(qm)  # checks itself
+    convs = [i for i, op in enumerate(qm.ops) if op.kind == "conv"]
+    # the pooled convs that keep their channel count (8 -> 8, 16 -> 16) write over their dying input; the first
+    # (3 -> 8, unpooled) and the widening third (8 -> 16) cannot
+    assert plan.in_place == {convs[1], convs[3]}
+    conv2, conv3 = qm.ops[convs[1]], qm.ops[convs[2]]
+    assert plan.activation_offsets[conv2.output] == plan.activation_offsets[conv2.inputs[0]]
+    # a planner that puts conv3's output on its input (alive together, not declared in place) is refused
+    broken = _plan_with(plan, offsets={conv3.output: plan.activation_offsets[conv3.inputs[0]]})
+    with pytest.raises(ValueError, match="overlaps"):
+        bundle.check_plan(qm, broken)
+    # declaring it in place does not help: a later step of conv3 still reads input bytes that an earlier one writes
+    assert not bundle.conv_in_place_safe(qm, conv3)
+    with pytest.raises(ValueError, match="overlaps"):
+        bundle.check_plan(qm, _plan_with(broken, in_place=plan.in_place | {convs[2]}))
+    # scratch over a live input, also the input an in-place conv is still reading
+    for i in (convs[0], convs[1]):
+        with pytest.raises(ValueError, match="scratch"):
+            on_input = {("scratch", i): plan.activation_offsets[qm.ops[i].inputs[0]]}
+            bundle.check_plan(qm, _plan_with(plan, offsets=on_input))
+
+
 @needs_gcc
 @pytest.mark.parametrize("dsp_shim", [False, True], ids=["portable", "dsp-shim"])
 def test_generated_c_is_bit_exact_with_numpy_reference(built, tmp_path, dsp_shim):
-    images, _ = synthetic_images(120, seed=12)
+    images, _ = synthetic_images(1000, seed=12)
     x = to_input(images)
     graph = int8_graph.load_graph(built / "m.onnx")
     qm = int8_graph.quantize_graph(graph, profile.read_profile(built / "profile.yml").ranges())
+    # the network's three MaxPools run inside the conv kernel, which pools accumulators; the reference pools the
+    # requantized conv output as the unfused graph does
+    assert [op.pool for op in qm.ops if op.kind == "conv"] == [1, 2, 2, 2] and "maxpool" not in {o.kind for o in qm.ops}
     expected = int8_graph.run_int8(qm, x)
     runner = bundle.build_host_runner(built / "src", tmp_path, dsp_shim=dsp_shim)
     got = bundle.run_host_bundle(runner, built / "src" / "cifar.weights.bin", x, tmp_path)
     np.testing.assert_array_equal(got, expected)
     # outputs are int8 values at the output scale, and not all the same class
     assert len(set(got.argmax(1))) > 1
+
+
+@needs_gcc
+def test_left_shift_requantization_is_bit_exact(built, tmp_path):
+    """Output ranges far below the accumulator's scale make the convs requantize by a left shift: the kernels'
+    out-of-line general path, with and without the fused pool."""
+    prof = profile.read_profile(built / "profile.yml")
+    relus = [entry for entry in prof.entries if "Relu" in entry.name]
+    for entry in (relus[0], relus[-1]):  # the first conv (no pool) and the last (pooled)
+        entry.min, entry.max = 0.0, 0.005
+    profile.write_profile(prof, tmp_path / "profile.yml")
+    graph = int8_graph.load_graph(built / "m.onnx")
+    qm = int8_graph.quantize_graph(graph, profile.read_profile(tmp_path / "profile.yml").ranges())
+    assert {op.pool for op in qm.ops if op.kind == "conv" and op.shift <= 0} == {1, 2}
+    (tmp_path / "src").mkdir()
+    for name, data in bundle.generate_sources(built / "m.onnx", tmp_path / "profile.yml").items():
+        (tmp_path / "src" / name).write_bytes(data)
+    x = to_input(synthetic_images(200, seed=15)[0])
+    expected = int8_graph.run_int8(qm, x)
+    for dsp_shim in (False, True):
+        runner = bundle.build_host_runner(tmp_path / "src", tmp_path / "host", dsp_shim=dsp_shim)
+        np.testing.assert_array_equal(bundle.run_host_bundle(runner, tmp_path / "src" / "cifar.weights.bin", x,
+                                                             tmp_path / "host"), expected)
 
 
 @needs_arm
@@ -114,6 +171,19 @@ def test_arm_object_has_dsp_path_and_is_deterministic(built, tmp_path, name):
     assert str(tmp_path).encode() not in first.read_bytes() and b"/tmp" not in first.read_bytes()
 
 
+def test_board_too_small_for_the_plan_is_refused_before_compiling(built, tmp_path):
+    small = board("rt1060")
+    small["memory"]["dtcm"]["length"] = 16 * 1024
+    with pytest.raises(ValueError) as err:
+        bundle.make_bundle(built / "m.onnx", built / "profile.yml", small, tmp_path / "bundle")
+    manifest = json.loads(bundle.generate_sources(built / "m.onnx", built / "profile.yml")["cifar.manifest.json"])
+    need = manifest["memory"]["mutable"] + manifest["memory"]["activations"] + small["firmware"]["stack_size"]
+    message = str(err.value)
+    assert "rt1060.toml" in message and "'dtcm' (16,384 B)" in message and "activations" in message
+    assert f"{need - 16 * 1024:,} B missing" in message and "[firmware.placement]" in message
+    assert not (tmp_path / "bundle").exists()  # nothing compiled, nothing half-written
+
+
 def test_xtensa_board_is_skipped_without_toolchain(built, tmp_path, monkeypatch):
     monkeypatch.delenv("XTENSA_TOOLS", raising=False)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
@@ -122,7 +192,7 @@ def test_xtensa_board_is_skipped_without_toolchain(built, tmp_path, monkeypatch)
     result = bundle.make_bundle(built / "m.onnx", built / "profile.yml", board("rt685_hifi4"), tmp_path / "bundle")
     assert result["object"].startswith("skipped: no Xtensa toolchain") and "XTENSA_TOOLS" in result["object"]
     assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == \
-        ["cifar.c", "cifar.h", "cifar.weights.bin", "cifar.weights.txt"]
+            ["cifar.c", "cifar.h", "cifar.manifest.json", "cifar.weights.bin", "cifar.weights.txt"]
     with pytest.raises(Skipped):
         bundle.compile_object(tmp_path / "bundle", board("rt685_hifi4"))
 
@@ -154,6 +224,15 @@ def test_full_size_cifarnet_is_bit_exact(tmp_path):
     profile.make_profile(tmp_path / "full.onnx", images[:10], tmp_path / "profile.yml")
     for name, data in bundle.generate_sources(tmp_path / "full.onnx", tmp_path / "profile.yml").items():
         (tmp_path / name).write_bytes(data)
+    manifest = json.loads((tmp_path / "cifar.manifest.json").read_text())
+    assert sum(layer["macs"] for layer in manifest["layers"]) == count_macs() == 19_779_584
+    header = macros((tmp_path / "cifar.h").read_text())
+    assert manifest["input"]["offset"] == header["CIFAR_input"]
+    assert manifest["output"]["offset"] == header["CIFAR_output"]
+    assert manifest["memory"] == {"constant": header["CIFAR_CONSTANT_MEM_SIZE"],
+                                  "mutable": header["CIFAR_MUTABLE_MEM_SIZE"],
+                                  "activations": header["CIFAR_ACTIVATIONS_MEM_SIZE"]}
+    assert manifest["input"]["size"] == 4 * 3 * 32 * 32 and manifest["output"]["size"] == 4 * 10
     graph = int8_graph.load_graph(tmp_path / "full.onnx")
     expected = int8_graph.run_int8(int8_graph.quantize_graph(graph, profile.read_profile(tmp_path / "profile.yml")
                                                              .ranges()), to_input(images))
@@ -171,7 +250,8 @@ def test_make_bundle_is_deterministic(built, tmp_path):
         assert result["object"] == "compiled"
         outputs.append({p.name: p.read_bytes() for p in sorted((tmp_path / run / "bundle").iterdir())})
     assert outputs[0] == outputs[1]
-    assert sorted(outputs[0]) == ["cifar.c", "cifar.h", "cifar.o", "cifar.weights.bin", "cifar.weights.txt"]
+    assert sorted(outputs[0]) == ["cifar.c", "cifar.h", "cifar.manifest.json", "cifar.o", "cifar.weights.bin",
+                                  "cifar.weights.txt"]
 
 
 def _export_odd_model(path, softmax: bool):

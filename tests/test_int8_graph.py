@@ -57,9 +57,12 @@ def test_quantize_rounds_half_to_even_and_saturates():
     assert q.tolist() == [0, 2, 0, -2, 2, 127, -128]
 
 
-def test_sxtb16_order_pairs():
-    row = np.arange(10, dtype=np.int8)[None]
-    assert int8_graph.sxtb16_order(row).tolist() == [[0, 2, 1, 3, 4, 6, 5, 7, 8, 9]]
+def test_kernel_weight_layout_pairs_rows_and_pads():
+    from pipeline.int8.bundle import kernel_weight_layout
+
+    rows = np.arange(1, 16, dtype=np.int8).reshape(3, 5)  # rows 1..5, 6..10, 11..15: padded to 8 with zeros
+    assert kernel_weight_layout(rows).tolist() == [1, 2, 3, 4, 6, 7, 8, 9, 5, 0, 0, 0, 10, 0, 0, 0,
+                                                   11, 12, 13, 14, 15, 0, 0, 0]
 
 
 def _single_op_model(path, op_type):

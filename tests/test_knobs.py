@@ -15,7 +15,8 @@ from pipeline.core.config import SCHEMA
 AUDIT = ROOT / "tests" / "audit_tasks.py"
 ARM = ("rt1060", "rt685_m33")
 EVERY_STEP = ["train", "export", "profile", "tune", "accuracy", "bundle:*", "main_c:*", "firmware:rt1060",
-              "firmware:rt685_m33", "emulate:rt1060", "emulate:rt685_m33", "int8_predictions:*", "hardening",
+              "firmware:rt685_m33", "emulate:rt1060", "emulate:rt685_m33", "layer_profile:rt1060",
+              "layer_profile:rt685_m33", "int8_predictions:*", "hardening",
               "robustness", "parity"]
 # key: (new value, the tasks whose settings it is). The release and the report record the whole config (the
 # report shows its digest), so both are in every row.
@@ -61,7 +62,7 @@ CHANGES = {
     "firmware.hardening": ({"rt1060": {"method": "round", "step": 0.05}},
                            ["main_c:rt1060", "firmware:rt1060", "emulate:rt1060"]),
     "firmware.emulator_images": (3, [f"emulate:{board}" for board in ARM]),
-    "firmware.emulator_timeout": (60.0, [f"emulate:{board}" for board in ARM]),
+    "firmware.emulator_timeout": (60.0, [f"{task}:{board}" for task in ("emulate", "layer_profile") for board in ARM]),
     "evaluation.hardening_options": ([{"method": "round", "step": 0.1}], ["hardening"]),
     "evaluation.robustness_images": (50, ["robustness"]),
     "evaluation.robustness_transforms": ([{"kind": "blur", "radius": 0.6}], ["robustness"]),

@@ -61,8 +61,10 @@ class BoardLayout:
 
     @property
     def bundle_files(self) -> list[Path]:
-        """Header and weights, plus the generated C with the built-in backend (Glow keeps none)."""
-        suffixes = (".h", ".weights.bin", ".weights.txt") + ((".c",) if self.backend == "builtin" else ())
+        """Header and weights, plus the generated C and the ABI manifest with the built-in backend (Glow writes
+        neither)."""
+        suffixes = (".h", ".weights.bin", ".weights.txt") + ((".c", ".manifest.json") if self.backend == "builtin"
+                                                              else ())
         return [self.bundle_file(suffix) for suffix in suffixes]
 
     @property
@@ -94,6 +96,16 @@ class BoardLayout:
     @property
     def emulator_outputs(self) -> list[Path]:
         return [self.root / "emulator.log", self.root / "emulator.json"]
+
+    @property
+    def profiled(self) -> "BoardLayout":
+        """The same board built with a bundle that times every kernel call (per-layer instructions)."""
+        return BoardLayout(self.root / "layer_profile", self.network, self.backend, self.spec)
+
+    @property
+    def layers(self) -> Path:
+        """The per-layer rows of the profiled build's test image, for the report."""
+        return self.profiled.root / "layers.json"
 
     @property
     def zephyr(self) -> Path:
@@ -128,6 +140,8 @@ class BoardLayout:
             files.append(self.root / "firmware.elf")
             if "emulate" not in skipped_steps:
                 files += self.emulator_outputs
+            if "layer_profile" not in skipped_steps:
+                files.append(self.layers)
         return files
 
 

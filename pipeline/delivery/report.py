@@ -131,10 +131,11 @@ def emulator_layers(emulator: dict, source) -> list[dict] | None:
 
 
 def board_entry(board: dict, network: str, *, elf=None, header=None, emulator_json=None, mcux_sdk_json=None,
-                skipped: dict[str, str] | None = None, vendor_elfs: dict | None = None) -> dict:
+                layers_json=None, skipped: dict[str, str] | None = None, vendor_elfs: dict | None = None) -> dict:
     """Gather one board's figures from its files (any may be None when that step was skipped).
     vendor_elfs: {flow: ELF of that vendor build}, only the builds that ran; mcux_sdk_json: the SDK images' sizes
-    (pipeline/firmware/vendor.py)."""
+    (pipeline/firmware/vendor.py); layers_json: the per-layer rows of the profiled build
+    (pipeline/int8/layer_profile.py), else the layers emulator.json holds, if any."""
     prefix = network.upper() + "_"
     macros = header_macros(header) if header else None
     emulator = read_json(emulator_json) if emulator_json else None
@@ -144,7 +145,8 @@ def board_entry(board: dict, network: str, *, elf=None, header=None, emulator_js
         "memory": memory_map(board, elf) if elf and "memory" in board else None,
         "bundle": {k[len(prefix):]: v for k, v in macros.items() if k.startswith(prefix)} if macros else None,
         "emulator": emulator,
-        "layers": emulator_layers(emulator, emulator_json) if emulator else None,
+        "layers": (emulator_layers({"layers": read_json(layers_json)}, layers_json) if layers_json
+                   else emulator_layers(emulator, emulator_json) if emulator else None),
         "vendor": {flow: firmware_size(board, path) for flow, path in (vendor_elfs or {}).items()},
         "mcux_sdk": read_json(mcux_sdk_json) if mcux_sdk_json else None,
         "skipped": dict(skipped or {}),
@@ -418,7 +420,7 @@ def report_stage(layout: Layout, *, boards: list[dict], macs: int, accuracy_file
                                    emulator_json=found(files.emulator_outputs[1]),
                                    skipped={step: files.skip_record(step).read_text(encoding="utf-8").strip()
                                             for step in sorted(skipped[board["name"]])},
-                                   mcux_sdk_json=found(files.mcux_summary),
+                                   mcux_sdk_json=found(files.mcux_summary), layers_json=found(files.layers),
                                    vendor_elfs={flow: files.root / elf for flow, elf in VENDOR_ELFS.items()
                                                 if (files.root / elf).is_file()}))
     accuracy, metrics = read_json(accuracy_file), read_json(metrics_file)

@@ -9,7 +9,7 @@ import numpy as np
 from pipeline.core.atomic import write_text
 from pipeline import ROOT
 from pipeline.evaluations import hardening as hardening_c
-from pipeline.int8.bundle import header_macros
+from pipeline.int8.bundle import header_macros, read_manifest
 from pipeline.model.shapes import INPUT_SHAPE
 
 RESOURCES = ("mcux_app",)  # templates and C sources of the app (see pipeline/core/deps.py)
@@ -60,7 +60,11 @@ def render_main_c(out_path, *, network: str, labels, description: str, header_pa
                          f"(float32 {input_bytes // 4} values); regenerate it for this model's input shape")
     if not labels or any('"' in str(label) or "\\" in str(label) for label in labels):
         raise ValueError(f"class labels {labels!r}: need at least one label, without quotes or backslashes")
+    # A bundle built with layer_profile (its manifest says so; Glow's bundles have none) needs the timing hook.
+    bundle_dir = Path(header_path).parent
+    manifest = read_manifest(bundle_dir, network) if (bundle_dir / f"{network}.manifest.json").is_file() else {}
     text = _jinja().get_template("main.c.j2").render(
+        layer_count=len(manifest["layers"]) if manifest.get("layer_profile") else 0,
         network=network, NET=network.upper(), description=description, labels=[str(l) for l in labels],
         input_name=input_name, output_name=output_name, input_bytes=input_bytes,
         hardening=hardening and {"initializer": hardening_c.c_config_initializer(hardening),

@@ -57,6 +57,7 @@ class ImageResult:
     confidence_bits: int
     cycles: int
     ms: int
+    layer_cycles: list[int]  # per kernel call, when the bundle was built with layer_profile
 
     @property
     def outputs(self) -> np.ndarray:
@@ -75,12 +76,18 @@ _IMAGE_BLOCK = re.compile(
     r"Inference time = (?P<ms>\d+) \(ms\)")
 
 
+_LAYER_LINE = re.compile(r"^Layer (\d+) cycles = (\d+)\r?$", re.MULTILINE)
+
+
 def parse_log(text: str) -> list[ImageResult]:
-    """Every per-image block the firmware printed, in order."""
+    """Every per-image block the firmware printed, in order, with the "Layer k cycles = n" lines that follow it."""
+    blocks = list(_IMAGE_BLOCK.finditer(text))
+    ends = [b.start() for b in blocks[1:]] + [len(text)]
     return [ImageResult(image=int(m["image"]), output_bits=[int(b, 16) for b in m["bits"].split()],
                         top1=int(m["top1"]), label=m["label"], confidence=float(m["confidence"]),
-                        confidence_bits=int(m["confidence_bits"], 16), cycles=int(m["cycles"]), ms=int(m["ms"]))
-            for m in _IMAGE_BLOCK.finditer(text)]
+                        confidence_bits=int(m["confidence_bits"], 16), cycles=int(m["cycles"]), ms=int(m["ms"]),
+                        layer_cycles=[int(c) for _, c in _LAYER_LINE.findall(text, m.end(), end)])
+            for m, end in zip(blocks, ends)]
 
 
 def instructions_per_tick(board: dict) -> float:
@@ -181,7 +188,9 @@ def emulate_and_check(board: dict, elf, inputs, reference_logits, labels, out_di
         "icount_shift": ICOUNT_SHIFT,
         "instructions_per_tick": instructions_per_tick(board),
         "images": [{"image": r.image, "top1": r.top1, "label": r.label, "confidence": r.confidence_value,
-                    "cycles": r.cycles, "instructions": round(r.cycles * instructions_per_tick(board))}
+                    "cycles": r.cycles, "instructions": round(r.cycles * instructions_per_tick(board)),
+                    **({"layer_instructions": [round(c * instructions_per_tick(board)) for c in r.layer_cycles]}
+                       if r.layer_cycles else {})}
                    for r in results],
     }
     summary["check"] = {**compare_with_reference(results, reference_logits, labels, tolerance=tolerance,

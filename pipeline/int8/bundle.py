@@ -3,10 +3,12 @@ cifar.weights.bin/.txt, cifar.o per board), plus a host build of the same C to m
 
 Glow's memory model: `constantWeight` holds weights (cifar.weights.bin), `mutableWeight` the float input and
 output placeholders at <NAME>_<placeholder> offsets, `activations` the scratch, planned by liveness."""
+import json
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,6 @@ from pipeline.core.tools import Skipped, board_tool, board_toolchain, run_tool
 MEM_ALIGN = 64
 RESOURCES = ("pipeline/int8/kernels",)  # C kernels and the host runner (see pipeline/core/deps.py)
 KERNELS_DIR = ROOT / RESOURCES[0]
-KERNEL_SOURCES = ("add_s8.c", "conv2d_s8.c", "dequantize_s8_f32.c", "fully_connected_s8.c", "max_pool_s8.c",
-                  "quantize_f32_s8.c", "relu_s8.c", "softmax_f32.c")
 BASE_CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-ffunction-sections", "-fdata-sections"]
 
 
@@ -47,61 +47,84 @@ class Plan:
     input_offset: int
     output_offset: int
     mutable_size: int
+    in_place: set = field(default_factory=set)  # conv op indices whose output overwrites their own input
 
 
 def _tensor_bytes(qm, tensor) -> int:
     return int(np.prod(qm.graph.shapes[tensor]))
 
 
-def _scratch_bytes(op) -> int:
-    if op.kind == "conv":
-        return 2 * 2 * _row_length(op)  # two int16 im2col columns
-    if op.kind == "fc":
-        return 2 * op.weight.shape[1]
-    return 0
-
-
 def _row_length(op) -> int:
-    """Conv weight rows are zero-padded to a multiple of 4 so the DSP loop needs no tail."""
-    return (op.weight.shape[1] + 3) // 4 * 4 if op.kind == "conv" else op.weight.shape[1]
+    """Weight rows (and the int16 columns they meet) are zero-padded to a multiple of 4 (NN_ROW_LENGTH)."""
+    return (op.weight.shape[1] + 3) // 4 * 4
 
 
-def _weight_rows(op) -> np.ndarray:
-    rows = np.zeros((op.weight.shape[0], _row_length(op)), np.int8)
-    rows[:, :op.weight.shape[1]] = op.weight
-    return int8_graph.sxtb16_order(rows)
+def kernel_weight_layout(weight: np.ndarray) -> np.ndarray:
+    """int8 weight rows (N, K) as the kernels read them (nn_kernels.h): rows zero-padded to a multiple of 4, then
+    in pairs with the two rows' groups of 4 interleaved; an odd last row alone. Returns the flat byte order."""
+    rows = np.zeros((weight.shape[0], (weight.shape[1] + 3) // 4 * 4), np.int8)
+    rows[:, :weight.shape[1]] = weight
+    paired = rows.shape[0] // 2 * 2
+    pairs = rows[:paired].reshape(paired // 2, 2, -1, 4).transpose(0, 2, 1, 3)
+    return np.concatenate([pairs.reshape(-1), rows[paired:].reshape(-1)])
+
+
+def conv_in_place_safe(qm: int8_graph.QuantModel, op) -> bool:
+    """Whether conv2d_s8 may write its output over its own input. The kernel works in steps (one pooled pixel, or a
+    tile of 4 pixels): it gathers every patch of the step, then writes the step's outputs. Safe when no step writes
+    input bytes that a later step still reads (the first byte a step reads is its patches' first inside pixel)."""
+    (in_h, in_w, in_c), (out_h, out_w, out_c) = qm.graph.shapes[op.inputs[0]], qm.graph.shapes[op.output]
+    if out_h * out_w * out_c > in_h * in_w * in_c:
+        return False
+    oy, ox = np.divmod(np.arange(out_h * out_w), out_w)
+    if op.pool == 2:  # step j: the 2x2 window of pooled pixel j, writes pooled pixel j
+        cy, cx, writes_end = 2 * oy, 2 * ox, (np.arange(out_h * out_w) + 1) * out_c
+    else:  # step t: pixels 4t..4t+3 (the earliest read is the first pixel's), writes them
+        cy, cx = oy[::4], ox[::4]
+        writes_end = np.minimum(np.arange(len(cy)) * 4 + 4, out_h * out_w) * out_c
+    first_row = np.maximum(cy * op.stride[0] - op.pads[0], 0)
+    first_column = np.maximum(cx * op.stride[1] - op.pads[1], 0)
+    first_read = (first_row * in_w + first_column) * in_c
+    later_first_read = np.minimum.accumulate(first_read[::-1])[::-1][1:]  # min over the steps after each one
+    return bool(np.all(writes_end[:-1] <= later_first_read))
+
+
+def _buffer_bytes(qm: int8_graph.QuantModel, op) -> int:
+    return _tensor_bytes(qm, op.output) * (4 if op.kind == "dequantize" else 1)
 
 
 def plan_memory(qm: int8_graph.QuantModel) -> Plan:
-    """Lay out constants, placeholders and activations (first-fit by liveness, 64-byte aligned)."""
+    """Lay out constants, placeholders and activations (first-fit by liveness, 64-byte aligned; a conv whose input
+    dies with it writes over that input when conv_in_place_safe). The plan is checked by check_plan."""
     constant, const_offsets = bytearray(), {}
     for i, op in enumerate(qm.ops):
         if op.kind in ("conv", "fc"):
-            for part, data in (("weight", _weight_rows(op).tobytes()),
+            for part, data in (("weight", kernel_weight_layout(op.weight).tobytes()),
                                ("bias", op.bias.astype("<i4").tobytes())):
                 const_offsets[(i, part)] = len(constant)
                 constant += data + bytes(_align(len(data)) - len(data))
     graph = qm.graph
     in_bytes = 4 * int(np.prod(graph.input_shape))
     out_bytes = 4 * int(np.prod(graph.shapes[graph.output_name]))
-    # Which buffer each tensor lives in: Flatten aliases its input; placeholders live in mutable memory.
-    base = {}
-    for op in qm.ops:
-        base[op.output] = base.get(op.inputs[0], op.inputs[0]) if op.kind == "flatten" else op.output
-    last_use = {}
-    for i, op in enumerate(qm.ops):
-        for t in op.inputs:
-            last_use[base.get(t, t)] = i
-    allocated, offsets, peak_live, size = [], {}, 0, 0  # allocated: [(offset, end, key, last use)]
+    base, last_use = _buffers(qm)
+    allocated, offsets, peak_live, size, in_place = [], {}, 0, 0, set()  # allocated: [(offset, end, key, last use)]
     for i, op in enumerate(qm.ops):
         allocated = [a for a in allocated if a[3] >= i]
         wanted = []
         if op.kind not in ("flatten",) and op.output != graph.output_name:
-            nbytes = _tensor_bytes(qm, op.output) * (4 if op.kind == "dequantize" else 1)
-            wanted.append((op.output, nbytes, last_use.get(op.output, i)))
-        scratch = _scratch_bytes(op)
+            wanted.append((op.output, _buffer_bytes(qm, op), last_use.get(op.output, i)))
+        scratch = _scratch_bytes(qm, op)
         if scratch:
             wanted.append((("scratch", i), scratch, i))
+        source = base.get(op.inputs[0], op.inputs[0])
+        dying = [a for a in allocated if a[2] == source and a[3] == i]
+        if op.kind == "conv" and dying and conv_in_place_safe(qm, op):
+            # the input stays reserved until this op ends (its scratch must not land on it)
+            start, (_, nbytes, until) = dying[0][0], wanted[0]
+            allocated.append((start, start + nbytes, op.output, until))
+            offsets[op.output] = start
+            in_place.add(i)
+            wanted = wanted[1:]
         for key, nbytes, until in wanted:
             offset = 0
             for start, end, _, _ in sorted(allocated):
@@ -115,8 +138,49 @@ def plan_memory(qm: int8_graph.QuantModel) -> Plan:
     for tensor, b in base.items():
         if b in offsets:
             offsets[tensor] = offsets[b]
-    return Plan(bytes(constant), const_offsets, offsets, size, peak_live / size if size else 1.0,
-                0, _align(in_bytes), _align(_align(in_bytes) + out_bytes))
+    plan = Plan(bytes(constant), const_offsets, offsets, size, peak_live / size if size else 1.0,
+                0, _align(in_bytes), _align(_align(in_bytes) + out_bytes), in_place)
+    check_plan(qm, plan)
+    return plan
+
+
+def _buffers(qm: int8_graph.QuantModel) -> tuple[dict, dict]:
+    """(tensor -> the buffer it lives in: Flatten aliases its input; buffer -> index of the last op reading it)."""
+    base = {}
+    for op in qm.ops:
+        base[op.output] = base.get(op.inputs[0], op.inputs[0]) if op.kind == "flatten" else op.output
+    last_use = {}
+    for i, op in enumerate(qm.ops):
+        for t in op.inputs:
+            last_use[base.get(t, t)] = i
+    return base, last_use
+
+
+def check_plan(qm: int8_graph.QuantModel, plan: Plan) -> None:
+    """The planner's invariant: two activation buffers alive during the same op never share a byte, except a conv
+    output over its own dying input where plan.in_place says so and conv_in_place_safe agrees. Raises ValueError
+    naming both buffers (a planner bug, not bad input)."""
+    base, last_use = _buffers(qm)
+    spans = []  # (first op, last op, offset, end, key)
+    for i, op in enumerate(qm.ops):
+        if op.output in plan.activation_offsets and base[op.output] == op.output:
+            offset = plan.activation_offsets[op.output]
+            spans.append((i, last_use.get(op.output, i), offset, offset + _buffer_bytes(qm, op), op.output))
+        if ("scratch", i) in plan.activation_offsets:
+            offset = plan.activation_offsets[("scratch", i)]
+            spans.append((i, i, offset, offset + _scratch_bytes(qm, op), ("scratch", i)))
+    for a, (a_first, a_last, a_start, a_end, a_key) in enumerate(spans):
+        if a_end > plan.activations_size:
+            raise ValueError(f"memory plan: {a_key} ends at {a_end}, past the activations size {plan.activations_size}")
+        for b_first, b_last, b_start, b_end, b_key in spans[a + 1:]:
+            if a_first > b_last or b_first > a_last or a_end <= b_start or b_end <= a_start:
+                continue
+            op = qm.ops[b_first]
+            if b_first in plan.in_place and b_key == op.output and a_key == op.inputs[0] and a_last == b_first and \
+                    conv_in_place_safe(qm, op):
+                continue
+            raise ValueError(f"memory plan: {a_key} [{a_start}, {a_end}) alive at ops {a_first}-{a_last} overlaps "
+                             f"{b_key} [{b_start}, {b_end}) alive at ops {b_first}-{b_last}")
 
 
 def _type_text(shape) -> str:
@@ -198,63 +262,157 @@ def render_header(name: str, qm: int8_graph.QuantModel, plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def layers(qm: int8_graph.QuantModel) -> list[dict]:
+    """The bundle's kernel calls in order (layer k is the k-th call, the index NN_LAYER_MARK reports)."""
+    calls = [(i, op) for i, op in enumerate(qm.ops) if op.kind in KERNELS]
+    return [{"layer": k, "kernel": KERNELS[op.kind].function, "node": op.node, "output": op.output,
+             "shape": list(qm.graph.shapes.get(op.output, ())), "macs": KERNELS[op.kind].macs(qm, op),
+             "fused_pool": op.pool == 2} for k, (_, op) in enumerate(calls)]
+
+
+def render_manifest(name: str, qm: int8_graph.QuantModel, plan: Plan, layer_profile: bool = False) -> str:
+    """<name>.manifest.json: the bundle's ABI (placeholders, memory sizes, alignment) and its layers, for the host
+    runner, the firmware check and the report, so that none of them parses the header's comments.
+    layer_profile: the object calls nn_layer_mark (main.c then defines it and prints per-layer cycles)."""
+    graph = qm.graph
+    out_shape = (1, *graph.shapes[graph.output_name])
+    placeholders = [{"name": pname, "macro": f"{name.upper()}_{c_identifier(pname)}", "shape": list(shape),
+                     "type": "float32", "offset": offset, "size": 4 * int(np.prod(shape))}
+                    for pname, shape, offset in ((graph.input_name, graph.input_shape, plan.input_offset),
+                                                 (graph.output_name, out_shape, plan.output_offset))]
+    manifest = {"name": name, "alignment": MEM_ALIGN,
+                "memory": {"constant": len(plan.constant), "mutable": plan.mutable_size,
+                           "activations": plan.activations_size},
+                "input": placeholders[0], "output": placeholders[1], "layers": layers(qm),
+                "layer_profile": layer_profile}
+    return json.dumps(manifest, indent=2) + "\n"
+
+
+class _Emitter:
+    """C expressions for one bundle's buffers: activations at their planned offsets, the output placeholder, the
+    constants."""
+
+    def __init__(self, name: str, qm: int8_graph.QuantModel, plan: Plan):
+        self.qm, self.plan, self.upper, self.shapes = qm, plan, name.upper(), qm.graph.shapes
+
+    def placeholder(self, tensor, ctype) -> str:
+        return f"({ctype} *)(mutableWeight + {self.upper}_{c_identifier(tensor)})"
+
+    def buf(self, tensor, ctype="int8_t") -> str:
+        if tensor == self.qm.graph.output_name:
+            return self.placeholder(tensor, ctype)
+        return f"({ctype} *)(activations + {self.plan.activation_offsets[tensor]})"
+
+    def const(self, i, part, ctype) -> str:
+        return f"(const {ctype} *)(constantWeight + {self.plan.constant_offsets[(i, part)]})"
+
+    def size(self, tensor) -> int:
+        return _tensor_bytes(self.qm, tensor)
+
+
+def _quantize_call(e: _Emitter, i, op):
+    _, c, h, w = e.qm.graph.input_shape
+    src = e.placeholder(e.qm.graph.input_name, "const float")
+    return None, f"quantize_f32_s8({src}, {e.buf(op.output)}, {c}, {h}, {w}, {_hex_float(2.0 ** -op.out_exp)});"
+
+
+def _conv_call(e: _Emitter, i, op):
+    (ih, iw, ic), (oh, ow, oc) = e.shapes[op.inputs[0]], e.shapes[op.output]
+    params = (f"static const conv2d_s8_params op{i}_params = {{{ih}, {iw}, {ic}, {oh}, {ow}, {oc}, {op.kernel[0]}, "
+              f"{op.kernel[1]}, {op.stride[0]}, {op.stride[1]}, {op.pads[0]}, {op.pads[1]}, {op.shift}, {op.act_min}, "
+              f"{op.pool}}};")
+    return params, (f"conv2d_s8(&op{i}_params, {e.buf(op.inputs[0])}, {e.const(i, 'weight', 'int8_t')}, "
+                    f"{e.const(i, 'bias', 'int32_t')}, {e.buf(op.output)}, {e.buf(('scratch', i), 'int16_t')});")
+
+
+def _fc_call(e: _Emitter, i, op):
+    params = (f"static const fully_connected_s8_params op{i}_params = {{{op.weight.shape[1]}, {op.weight.shape[0]}, "
+              f"{op.shift}, {op.act_min}}};")
+    return params, (f"fully_connected_s8(&op{i}_params, {e.buf(op.inputs[0])}, {e.const(i, 'weight', 'int8_t')}, "
+                    f"{e.const(i, 'bias', 'int32_t')}, {e.buf(op.output)}, {e.buf(('scratch', i), 'int16_t')});")
+
+
+def _maxpool_call(e: _Emitter, i, op):
+    (ih, iw, ic), (oh, ow, _) = e.shapes[op.inputs[0]], e.shapes[op.output]
+    params = (f"static const max_pool_s8_params op{i}_params = {{{ih}, {iw}, {ic}, {oh}, {ow}, {op.kernel[0]}, "
+              f"{op.kernel[1]}, {op.stride[0]}, {op.stride[1]}, {op.pads[0]}, {op.pads[1]}}};")
+    return params, f"max_pool_s8(&op{i}_params, {e.buf(op.inputs[0])}, {e.buf(op.output)});"
+
+
+def _relu_call(e: _Emitter, i, op):
+    return None, f"relu_s8({e.buf(op.inputs[0])}, {e.buf(op.output)}, {e.size(op.output)});"
+
+
+def _add_call(e: _Emitter, i, op):
+    return None, (f"add_s8({e.buf(op.inputs[0])}, {e.buf(op.inputs[1])}, {e.buf(op.output)}, {e.size(op.output)}, "
+                  f"{op.input_shifts[0]}, {op.input_shifts[1]}, {op.act_min});")
+
+
+def _dequantize_call(e: _Emitter, i, op):
+    return None, (f"dequantize_s8_f32({e.buf(op.inputs[0])}, {e.buf(op.output, 'float')}, {e.size(op.inputs[0])}, "
+                  f"{_hex_float(2.0 ** op.out_exp)});")
+
+
+def _softmax_call(e: _Emitter, i, op):
+    return None, f"softmax_f32({e.buf(op.inputs[0], 'float')}, {e.buf(op.output, 'float')}, {e.size(op.output)});"
+
+
+def _conv_scratch(qm, op) -> int:
+    # four int16 im2col columns (conv2d_s8.c TILE_PIXELS), and an int8 patch row when groups straddle pixels
+    in_channels = qm.graph.shapes[op.inputs[0]][2]
+    return 4 * 2 * _row_length(op) + (_row_length(op) if in_channels % 4 else 0)
+
+
+def _conv_macs(qm, op) -> int:
+    oh, ow, out_c = qm.graph.shapes[op.output]  # every conv output pixel, also those a fused pool reduces
+    return oh * op.pool * ow * op.pool * out_c * op.weight.shape[1]
+
+
+def _none(qm, op) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """What the bundle knows of one op kind: its C function (kernels/<function>.c), the call it emits
+    (emitter, op index, op) -> (static params line or None, call), its scratch bytes and its MACs."""
+    function: str
+    call: Callable
+    scratch: Callable = _none
+    macs: Callable = _none
+
+
+KERNELS = {  # flatten has no kernel: its output aliases its input
+    "quantize": Kernel("quantize_f32_s8", _quantize_call),
+    "conv": Kernel("conv2d_s8", _conv_call, _conv_scratch, _conv_macs),
+    "fc": Kernel("fully_connected_s8", _fc_call, lambda qm, op: 2 * _row_length(op),  # the input widened to int16
+                 lambda qm, op: int(op.weight.size)),
+    "maxpool": Kernel("max_pool_s8", _maxpool_call),
+    "relu": Kernel("relu_s8", _relu_call),
+    "add": Kernel("add_s8", _add_call),
+    "dequantize": Kernel("dequantize_s8_f32", _dequantize_call),
+    "softmax": Kernel("softmax_f32", _softmax_call),
+}
+KERNEL_SOURCES = tuple(sorted(f"{k.function}.c" for k in KERNELS.values()))
+
+
+def _scratch_bytes(qm, op) -> int:
+    return KERNELS[op.kind].scratch(qm, op) if op.kind in KERNELS else 0
+
+
 def render_source(name: str, qm: int8_graph.QuantModel, plan: Plan) -> str:
     """The bundle's C: one kernel call per quantized op, buffers at their planned offsets."""
-    graph, shapes = qm.graph, qm.graph.shapes
-    upper = name.upper()
-    act = plan.activation_offsets
-
-    def buf(tensor, ctype="int8_t"):
-        if tensor == graph.output_name:
-            return f"({ctype} *)(mutableWeight + {upper}_{c_identifier(graph.output_name)})"
-        return f"({ctype} *)(activations + {act[tensor]})"
-
-    def const(i, part, ctype):
-        return f"(const {ctype} *)(constantWeight + {plan.constant_offsets[(i, part)]})"
-
-    params, calls = [], []
-    for i, op in enumerate(qm.ops):
-        comment = f"    /* {op.kind} {op.node} -> {op.output} (scale 2^{op.out_exp}) */"
-        if op.kind == "quantize":
-            _, c, h, w = graph.input_shape
-            src = f"(const float *)(mutableWeight + {upper}_{c_identifier(graph.input_name)})"
-            call = f"quantize_f32_s8({src}, {buf(op.output)}, {c}, {h}, {w}, {_hex_float(2.0 ** -op.out_exp)});"
-        elif op.kind == "conv":
-            (ih, iw, ic), (oh, ow, oc) = shapes[op.inputs[0]], shapes[op.output]
-            params.append(f"static const conv2d_s8_params op{i}_params = {{{ih}, {iw}, {ic}, {oh}, {ow}, {oc}, "
-                          f"{op.kernel[0]}, {op.kernel[1]}, {op.stride[0]}, {op.stride[1]}, {op.pads[0]}, "
-                          f"{op.pads[1]}, {op.shift}, {op.act_min}}};")
-            call = (f"conv2d_s8(&op{i}_params, {buf(op.inputs[0])}, {const(i, 'weight', 'int8_t')}, "
-                    f"{const(i, 'bias', 'int32_t')}, {buf(op.output)}, {buf(('scratch', i), 'int16_t')});")
-        elif op.kind == "fc":
-            call = (f"fully_connected_s8({buf(op.inputs[0])}, {const(i, 'weight', 'int8_t')}, "
-                    f"{const(i, 'bias', 'int32_t')}, {buf(op.output)}, {op.weight.shape[1]}, {op.weight.shape[0]}, "
-                    f"{op.shift}, {op.act_min}, {buf(('scratch', i), 'int16_t')});")
-        elif op.kind == "maxpool":
-            (ih, iw, ic), (oh, ow, _) = shapes[op.inputs[0]], shapes[op.output]
-            params.append(f"static const max_pool_s8_params op{i}_params = {{{ih}, {iw}, {ic}, {oh}, {ow}, "
-                          f"{op.kernel[0]}, {op.kernel[1]}, {op.stride[0]}, {op.stride[1]}, {op.pads[0]}, "
-                          f"{op.pads[1]}}};")
-            call = f"max_pool_s8(&op{i}_params, {buf(op.inputs[0])}, {buf(op.output)});"
-        elif op.kind == "flatten":
-            continue
-        elif op.kind == "relu":
-            call = f"relu_s8({buf(op.inputs[0])}, {buf(op.output)}, {_tensor_bytes(qm, op.output)});"
-        elif op.kind == "add":
-            call = (f"add_s8({buf(op.inputs[0])}, {buf(op.inputs[1])}, {buf(op.output)}, "
-                    f"{_tensor_bytes(qm, op.output)}, {op.input_shifts[0]}, {op.input_shifts[1]}, {op.act_min});")
-        elif op.kind == "dequantize":
-            call = (f"dequantize_s8_f32({buf(op.inputs[0])}, {buf(op.output, 'float')}, "
-                    f"{_tensor_bytes(qm, op.inputs[0])}, {_hex_float(2.0 ** op.out_exp)});")
-        else:
-            call = (f"softmax_f32({buf(op.inputs[0], 'float')}, {buf(op.output, 'float')}, "
-                    f"{_tensor_bytes(qm, op.output)});")
-        calls += [comment, "    " + call]
+    emitter, params, calls = _Emitter(name, qm, plan), [], []
+    for layer, (i, op) in enumerate((i, op) for i, op in enumerate(qm.ops) if op.kind in KERNELS):
+        param, call = KERNELS[op.kind].call(emitter, i, op)
+        params += [param] if param else []
+        calls += [f"    /* {op.kind} {op.node} -> {op.output} (scale 2^{op.out_exp}) */", f"    {call}",
+                  f"    NN_LAYER_MARK({layer});"]
     return "\n".join([
         f"/* Bundle \"{name}\" generated by the built-in int8 backend (Glow symmetric_with_power2_scale). */",
         f'#include "{name}.h"', '#include "nn_kernels.h"', "", *params, "",
         f"int {name}(uint8_t *constantWeight, uint8_t *mutableWeight, uint8_t *activations)", "{",
-        *calls, "    return GLOW_SUCCESS;", "}", ""])
+        "    NN_LAYER_MARK(-1);", *calls, "    return GLOW_SUCCESS;", "}", ""])
 
 
 def weights_text(data: bytes) -> str:
@@ -262,8 +420,8 @@ def weights_text(data: bytes) -> str:
     return "".join("".join(f" 0X{b:02X}," for b in data[i:i + 20]) + "\n" for i in range(0, len(data), 20))
 
 
-def generate_sources(onnx_path, profile_path, network_name: str = "cifar") -> dict:
-    """{file name: bytes} of the bundle sources, header and weights."""
+def generate_sources(onnx_path, profile_path, network_name: str = "cifar", layer_profile: bool = False) -> dict:
+    """{file name: bytes} of the bundle sources, header, manifest and weights."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", network_name):
         raise ValueError(f"network name {network_name!r} is not a C identifier; use letters, digits and _")
     graph = int8_graph.load_graph(onnx_path)
@@ -271,6 +429,7 @@ def generate_sources(onnx_path, profile_path, network_name: str = "cifar") -> di
     plan = plan_memory(qm)
     return {f"{network_name}.h": render_header(network_name, qm, plan).encode(),
             f"{network_name}.c": render_source(network_name, qm, plan).encode(),
+            f"{network_name}.manifest.json": render_manifest(network_name, qm, plan, layer_profile).encode(),
             f"{network_name}.weights.bin": plan.constant,
             f"{network_name}.weights.txt": weights_text(plan.constant).encode()}
 
@@ -287,9 +446,11 @@ def used_kernels(source) -> list:
     return [k for k in KERNEL_SOURCES if re.search(rf"\b{k[:-2]}\(", text)]
 
 
-def compile_object(sources_dir, board: dict, network_name: str = "cifar", target=None) -> Path:
+def compile_object(sources_dir, board: dict, network_name: str = "cifar", target=None,
+                   layer_profile: bool = False) -> Path:
     """Compile the bundle C and the kernels with the board's cflags into one relocatable `<name>.o` (ld -r), so
-    firmware links only that object. Deterministic: relative file names, no debug info, fixed order."""
+    firmware links only that object. Deterministic: relative file names, no debug info, fixed order.
+    layer_profile: the bundle calls nn_layer_mark(k) after each kernel call (the firmware must define it)."""
     sources_dir = Path(sources_dir)
     target = Path(target) if target else sources_dir / f"{network_name}.o"
     cc, ld = require_compiler(board)
@@ -304,23 +465,50 @@ def compile_object(sources_dir, board: dict, network_name: str = "cifar", target
         objects = []
         for src in (f"{network_name}.c", *kernels):
             obj = src[:-2] + ".part.o"
-            run_tool([cc, *BASE_CFLAGS, *board["cflags"], f"-ffile-prefix-map={tmp}=.", "-I.", "-c", src, "-o", obj],
-                     hint, cwd=tmp)
+            run_tool([cc, *BASE_CFLAGS, *board["cflags"], *(["-DNN_LAYER_PROFILE"] if layer_profile else []),
+                      f"-ffile-prefix-map={tmp}=.", "-I.", "-c", src, "-o", obj], hint, cwd=tmp)
             objects.append(obj)
         run_tool([ld, "-r", "-o", "bundle.o", *objects], hint, cwd=tmp)
         write_bytes(target, (tmp / "bundle.o").read_bytes())
     return target
 
 
-def make_bundle(onnx_path, profile_path, board: dict, out_dir, network_name: str = "cifar") -> dict:
-    """Write <out_dir>/{name.h, name.c, name.weights.bin, name.weights.txt, name.o} (out_dir replaced whole).
-    Without the Xtensa toolchain the object is left out and the result says "skipped: ..."."""
-    files = generate_sources(onnx_path, profile_path, network_name)
+def check_board_memory(board: dict, memory: dict) -> None:
+    """Refuse, before anything is compiled, a board whose [memory] regions cannot hold the bundle's buffers where
+    [firmware.placement] puts them: weights (constant), placeholders (mutable, with the data), activations and the
+    stack. `memory` is the manifest's {"constant", "mutable", "activations"}. Code and the app's own data are not
+    known yet and stay the linker's to check. Raises ValueError naming the region, what needs it, what is missing."""
+    firmware, regions = board.get("firmware", {}), board.get("memory", {})
+    placement = firmware.get("placement")
+    if not placement:
+        return
+    needs = {}
+    for what, key, nbytes in (("weights", "weights", memory["constant"]), ("placeholders", "data", memory["mutable"]),
+                              ("activations", "activations", memory["activations"]),
+                              ("stack", "stack", firmware.get("stack_size", 0))):
+        needs.setdefault(placement[key], []).append((what, nbytes))
+    for region, items in needs.items():
+        length, total = regions[region]["length"], sum(n for _, n in items)
+        if total > length:
+            raise ValueError(
+                f"boards/{board['name']}.toml: memory region {region!r} ({length:,} B) cannot hold "
+                f"{' + '.join(f'{what} {n:,} B' for what, n in items)} = {total:,} B: {total - length:,} B missing "
+                f"(before code and the app's data). Place some of them in another [memory] region "
+                f"([firmware.placement]), lower [firmware] stack_size, or use a smaller model.")
+
+
+def make_bundle(onnx_path, profile_path, board: dict, out_dir, network_name: str = "cifar",
+                layer_profile: bool = False) -> dict:
+    """Write <out_dir>/{name.h, name.c, name.manifest.json, name.weights.bin, name.weights.txt, name.o} (out_dir
+    replaced whole). Without the Xtensa toolchain the object is left out and the result says "skipped: ...".
+    layer_profile compiles the per-layer timing hooks in (see compile_object)."""
+    files = generate_sources(onnx_path, profile_path, network_name, layer_profile)
+    check_board_memory(board, json.loads(files[f"{network_name}.manifest.json"])["memory"])
     with atomic_dir(out_dir) as tmp:
         for fname, data in files.items():
             (tmp / fname).write_bytes(data)
         try:
-            compile_object(tmp, board, network_name)
+            compile_object(tmp, board, network_name, layer_profile=layer_profile)
             status = "compiled"
         except Skipped as skip:
             status = str(skip)
@@ -337,25 +525,32 @@ def header_macros(header_path) -> dict[str, int]:
     return {name: int(value) for name, value in pattern.findall(header_path.read_text(encoding="utf-8"))}
 
 
+def read_manifest(bundle_dir, network_name: str = "cifar") -> dict:
+    """The bundle's <name>.manifest.json (render_manifest)."""
+    path = Path(bundle_dir) / f"{network_name}.manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"bundle manifest {path} does not exist; rebuild the bundle (doit bundle) with the "
+                                f"built-in backend, which writes it beside {network_name}.h")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def build_host_runner(bundle_dir, work_dir, network_name: str = "cifar", dsp_shim: bool = False) -> Path:
     """Compile the bundle C + kernels + host_runner.c for this machine (gcc). dsp_shim selects the DSP path
     with plain-C intrinsics (acle_shim.h) instead of the portable path."""
     bundle_dir, work_dir = Path(bundle_dir), Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     upper = network_name.upper()
-    header_path = bundle_dir / f"{network_name}.h"
-    placeholders = [name for name in header_macros(header_path)
-                    if name.startswith(f"{upper}_") and not name.endswith("_MEM_SIZE") and name != f"{upper}_MEM_ALIGN"]
-    sizes = [int(s) for s in re.findall(r"//   Size: (\d+) \(bytes\)", header_path.read_text(encoding="utf-8"))]
+    manifest = read_manifest(bundle_dir, network_name)
     api = "\n".join([f'#include "{network_name}.h"',
                      f"#define NET_ENTRY {network_name}",
                      f"#define NET_MEM_ALIGN {upper}_MEM_ALIGN",
                      f"#define NET_CONSTANT_MEM_SIZE {upper}_CONSTANT_MEM_SIZE",
                      f"#define NET_MUTABLE_MEM_SIZE {upper}_MUTABLE_MEM_SIZE",
                      f"#define NET_ACTIVATIONS_MEM_SIZE {upper}_ACTIVATIONS_MEM_SIZE",
-                     f"#define NET_INPUT_OFFSET {placeholders[0]}",
-                     f"#define NET_OUTPUT_OFFSET {placeholders[1]}",
-                     f"#define NET_INPUT_SIZE {sizes[0]}u", f"#define NET_OUTPUT_SIZE {sizes[1]}u", ""])
+                     f"#define NET_INPUT_OFFSET {manifest['input']['macro']}",
+                     f"#define NET_OUTPUT_OFFSET {manifest['output']['macro']}",
+                     f"#define NET_INPUT_SIZE {manifest['input']['size']}u",
+                     f"#define NET_OUTPUT_SIZE {manifest['output']['size']}u", ""])
     (work_dir / "bundle_api.h").write_text(api)
     exe = work_dir / ("host_runner_dsp" if dsp_shim else "host_runner")
     sources = [bundle_dir / f"{network_name}.c", *(KERNELS_DIR / s for s in KERNEL_SOURCES), KERNELS_DIR / "host_runner.c"]

@@ -191,10 +191,10 @@ def im2col(x: np.ndarray, kernel, stride, pads, pad_value) -> np.ndarray:
     return win.transpose(0, 1, 2, 4, 5, 3).reshape(n, oh, ow, -1)
 
 
-def _max_pool(x, op, pad_value):
-    patches = im2col(x, op.kernel, op.stride, op.pads, pad_value)
+def _max_pool(x, kernel, stride, pads, pad_value):
+    patches = im2col(x, kernel, stride, pads, pad_value)
     n, oh, ow, _ = patches.shape
-    return patches.reshape(n, oh, ow, op.kernel[0] * op.kernel[1], x.shape[3]).max(axis=3)
+    return patches.reshape(n, oh, ow, kernel[0] * kernel[1], x.shape[3]).max(axis=3)
 
 
 def _flatten_logical(x):
@@ -223,7 +223,7 @@ def run_float(graph: Graph, x_nchw: np.ndarray, keep_all: bool = False):
             elif op.kind == "relu":
                 y = np.maximum(x, 0)
             elif op.kind == "maxpool":
-                y = _max_pool(x, op, -np.inf)
+                y = _max_pool(x, op.kernel, op.stride, op.pads, -np.inf)
             elif op.kind == "flatten":
                 y = _flatten_logical(x)
             elif op.kind == "add":
@@ -258,17 +258,6 @@ def quantize_array(x: np.ndarray, exp: int, qmin=INT8_MIN, qmax=INT8_MAX, dtype=
     return np.clip(np.rint(scaled), qmin, qmax).astype(dtype)
 
 
-def sxtb16_order(rows: np.ndarray) -> np.ndarray:
-    """Reorder each row's int8 values in groups of 4 as (0, 2, 1, 3) so that SXTB16 of a word w and of
-    w rotated by 8 give the pairs (w0, w1) and (w2, w3); a tail shorter than 4 keeps its order.
-    Both the DSP and the portable kernels read this layout, so one weights file serves both."""
-    rows = np.ascontiguousarray(rows)
-    k4 = rows.shape[1] // 4 * 4
-    out = rows.copy()
-    out[:, :k4] = rows[:, :k4].reshape(rows.shape[0], -1, 4)[:, :, [0, 2, 1, 3]].reshape(rows.shape[0], k4)
-    return out
-
-
 @dataclass
 class QuantOp:
     kind: str  # quantize, conv, fc, maxpool, flatten, relu, add, dequantize, softmax
@@ -285,6 +274,7 @@ class QuantOp:
     stride: tuple = (1, 1)
     pads: tuple = (0, 0, 0, 0)
     weight_exp: int = 0
+    pool: int = 1  # conv: 2 with a fused 2x2 stride-2 MaxPool (the output is the pooled tensor)
 
 
 @dataclass
@@ -304,6 +294,17 @@ def _stored_order(shape) -> np.ndarray:
         return np.arange(shape[0])
     h, w, c = shape
     return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+
+
+def _fusable_pool(op: FloatOp, users: list) -> FloatOp | None:
+    """The MaxPool that the conv kernel can compute from its accumulators (its only consumer, 2x2 stride 2,
+    unpadded), else None. Max before requantizing is exact because requantization is monotonic."""
+    if op.kind != "conv" or len(users) != 1:
+        return None
+    pool = users[0]
+    if pool.kind == "maxpool" and pool.kernel == (2, 2) and pool.stride == (2, 2) and not any(pool.pads):
+        return pool
+    return None
 
 
 def quantize_graph(graph: Graph, ranges: dict, source="profile") -> QuantModel:
@@ -336,6 +337,9 @@ def quantize_graph(graph: Graph, ranges: dict, source="profile") -> QuantModel:
         if relu is not None:
             fused.add(relu.output)
             out = relu.output
+        pool = _fusable_pool(op, consumers.get(out, []))
+        if pool is not None:
+            fused.add(pool.output)
         x = op.inputs[0]
         if op.kind in ("maxpool", "flatten", "relu"):
             exps[out] = exps[x]
@@ -351,6 +355,9 @@ def quantize_graph(graph: Graph, ranges: dict, source="profile") -> QuantModel:
             qops.append(QuantOp("softmax", op.node, (x,), out, 0))
             continue
         exps[out] = range_exp(out)
+        if pool is not None:  # the pooled tensor keeps the conv output's parameters, like an unfused MaxPool
+            exps[pool.output] = exps[out]
+            out = pool.output
         act_min = 0 if relu is not None else INT8_MIN
         if op.kind == "add":
             shifts = tuple(exps[out] - exps[i] for i in op.inputs)
@@ -369,7 +376,7 @@ def quantize_graph(graph: Graph, ranges: dict, source="profile") -> QuantModel:
                              f"check the model's bias values")
         qops.append(QuantOp(op.kind, op.node, (x,), out, exps[out], shift=exps[out] - acc_exp, act_min=act_min,
                             weight=quantize_array(w, w_exp), bias=bias_q.astype(np.int32), kernel=op.kernel,
-                            stride=op.stride, pads=op.pads, weight_exp=w_exp))
+                            stride=op.stride, pads=op.pads, weight_exp=w_exp, pool=1 if pool is None else 2))
     softmax = qops.pop() if qops[-1].kind == "softmax" else None
     final = softmax.inputs[0] if softmax else graph.output_name
     if len(graph.shapes[final]) != 1:
@@ -420,8 +427,10 @@ def run_int8(qm: QuantModel, x_nchw: np.ndarray, keep_all: bool = False):
                 cols = im2col(src, op.kernel, op.stride, op.pads, 0) if op.kind == "conv" else src
                 acc = np.rint(cols.astype(np.float64) @ op.weight.T.astype(np.float64)).astype(np.int64)
                 y = requantize(acc + op.bias, op.shift, op.act_min)
+                if op.pool == 2:  # pools the requantized tensor, as the unfused graph does
+                    y = _max_pool(y, (2, 2), (2, 2), (0, 0, 0, 0), INT8_MIN)
             elif op.kind == "maxpool":
-                y = _max_pool(t[op.inputs[0]], op, INT8_MIN)
+                y = _max_pool(t[op.inputs[0]], op.kernel, op.stride, op.pads, INT8_MIN)
             elif op.kind == "flatten":
                 y = t[op.inputs[0]].reshape(len(x), -1)
             elif op.kind == "relu":

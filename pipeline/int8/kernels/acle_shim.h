@@ -22,4 +22,11 @@ static inline int32_t __smlad(int32_t a, int32_t b, int32_t acc)
     return (int32_t)((uint32_t)acc + (uint32_t)p0 + (uint32_t)p1);
 }
 
+/* SSAT: saturate to a signed `bits`-bit range. */
+static inline int32_t __ssat(int32_t x, uint32_t bits)
+{
+    const int32_t max = (int32_t)((1u << (bits - 1)) - 1u), min = -max - 1;
+    return x > max ? max : x < min ? min : x;
+}
+
 #endif /* ACLE_SHIM_H */

@@ -1,113 +1,205 @@
-/* 2-D convolution, int8 NHWC input/output, int32 bias at the accumulator scale. Weights: one row per output
- * channel of kernel_h * kernel_w * in_c values in (kh, kw, c) order, zero-padded to a multiple of 4 (k_row)
- * and stored in the (0, 2, 1, 3) group order. Each output pixel's patch is first copied to an int16 column
- * (im2col); the DSP path then runs a 2x2 (channels x pixels) SMLAD kernel as CMSIS-NN arm_convolve_s8, the
- * portable path a plain dot product per pixel. */
+/* 2-D convolution, int8 NHWC input/output, int32 bias at the accumulator scale, with an optional fused 2x2
+ * stride-2 max pool. Weights: rows in (kh, kw, c) order in the pair-interleaved layout of nn_kernels.h.
+ * Work goes in tiles of 4 output pixels (with the pool: the 4 pixels of one pooling window), whose patches are
+ * first widened to int16 im2col columns; the 4 columns are interleaved group by group in the scratch, so one
+ * pointer with constant offsets reads all of them. Per tile, 2 output channels x 4 pixels are accumulated at
+ * once (DSP path: per 4 values, 2 weight-pair loads + 4 SXTB16 + 8 column loads + 16 SMLAD + 2 for the loop:
+ * 32 instructions for 32 MACs). */
 #include "nn_kernels.h"
 
-/* 8 bytes (4 values) of an int16 column; columns are 8-byte aligned (64-byte scratch, k_row % 4 == 0). */
-typedef uint64_t __attribute__((may_alias)) nn_u64_alias;
+#define TILE_PIXELS 4
+#define GROUP_STRIDE (4 * TILE_PIXELS) /* int16 from one group of a column to its next group */
 
 static inline int conv_row_length(const conv2d_s8_params *p)
 {
-    return (p->kernel_h * p->kernel_w * p->in_c + 3) & ~3;
+    return NN_ROW_LENGTH(p->kernel_h * p->kernel_w * p->in_c);
 }
 
-/* The im2col column of output pixel `pixel` (k_row int16); padding and the row's tail read as 0.
- * Parameters are copied to locals: the int16 stores could otherwise alias the uint16 fields of *p. */
-static void im2col_s16(const conv2d_s8_params *p, const int8_t *input, int pixel, int16_t *col)
+/* `count` values (a multiple of 4) of zeros into column `col` from value k on. */
+static inline void zero_groups(int16_t *col, int k, int count)
+{
+    for (int16_t *group = col + (k >> 2) * GROUP_STRIDE, *end = group + (count >> 2) * GROUP_STRIDE; group != end;
+         group += GROUP_STRIDE)
+        memset(group, 0, 4 * sizeof(int16_t));
+}
+
+/* The widened patch of conv output pixel (oy, ox) into column `col` (groups GROUP_STRIDE apart); padding and the
+ * row's tail read as 0. A patch row's pixels inside the input are contiguous (NHWC), so each row is one run.
+ * With a channel count that is not a multiple of 4, groups straddle pixels: the patch is then gathered as int8 in
+ * `stage` (k_row bytes) and widened in one pass. Parameters are copied to locals: the int16 stores could
+ * otherwise alias *p's fields. */
+static void im2col_s16(const conv2d_s8_params *p, const int8_t *input, int oy, int ox, int16_t *col, int8_t *stage)
 {
     const int in_h = p->in_h, in_w = p->in_w, in_c = p->in_c, kernel_h = p->kernel_h, kernel_w = p->kernel_w;
-    const int oy = pixel / p->out_w, ox = pixel % p->out_w;
     const int y0 = oy * p->stride_h - p->pad_top, x0 = ox * p->stride_w - p->pad_left;
-    int16_t *const end = col + conv_row_length(p);
-    for (int iy = y0; iy < y0 + kernel_h; iy++) {
-        for (int ix = x0; ix < x0 + kernel_w; ix++, col += in_c) {
-            if (iy < 0 || iy >= in_h || ix < 0 || ix >= in_w)
-                memset(col, 0, (size_t)in_c * sizeof(int16_t));
-            else
-                nn_s8_to_s16(input + ((size_t)iy * in_w + ix) * in_c, col, in_c);
+    const int k_row = conv_row_length(p), whole_groups = (in_c & 3) == 0;
+    /* inside pixels of a patch row: [first, last) */
+    const int left = x0 < 0 ? (-x0 < kernel_w ? -x0 : kernel_w) : 0;
+    const int right = x0 + kernel_w > in_w ? in_w - x0 : kernel_w;
+    int k = 0;
+    for (int iy = y0; iy < y0 + kernel_h; iy++, k += kernel_w * in_c) {
+        const int first = iy < 0 || iy >= in_h ? kernel_w : left;
+        const int last = iy < 0 || iy >= in_h || right < first ? first : right;
+        const int start = first * in_c, end = last * in_c, row_end = kernel_w * in_c;
+        const int8_t *src = input + ((size_t)(iy < 0 ? 0 : iy) * in_w + x0 + first) * in_c;
+        if (whole_groups) {
+            zero_groups(col, k, start);
+            nn_widen_groups(src, col + ((k + start) >> 2) * GROUP_STRIDE, end - start, GROUP_STRIDE);
+            zero_groups(col, k + end, row_end - end);
+        } else {
+            int j = 0;
+            for (; j < start; j++) stage[k + j] = 0;
+            for (; j < end; j++) stage[k + j] = src[j - start];
+            for (; j < row_end; j++) stage[k + j] = 0;
         }
     }
-    while (col < end) *col++ = 0;
+    if (whole_groups) return; /* k == k_row */
+    for (; k < k_row; k++) stage[k] = 0;
+    nn_widen_groups(stage, col, k_row, GROUP_STRIDE);
 }
 
-#if NN_USE_DSP
-/* Two output pixels (columns col0, col1) for output channels [0, out_c & ~1). */
-static void mat_mult_2x2_s8_s16(const int8_t *weights, const int32_t *bias, const int16_t *col0,
-                                const int16_t *col1, int8_t *out0, int8_t *out1, int k_row, int out_c, int shift,
-                                int act_min)
+/* Accumulators of the tile's 4 columns for the channel pair at w (pair-interleaved rows):
+ * s[0..3] for the first channel, s[4..7] for the second. */
+static inline __attribute__((always_inline)) void tile_2x4(const int8_t *w, const int16_t *cols, int groups,
+                                                           int32_t bias0, int32_t bias1, int32_t *s)
 {
-    for (int oc = 0; oc + 1 < out_c; oc += 2) {
-        const int8_t *w0 = weights + (size_t)oc * k_row, *w1 = w0 + k_row;
-        const nn_u64_alias *a = (const nn_u64_alias *)col0, *b = (const nn_u64_alias *)col1;
-        int32_t s00 = bias[oc], s01 = bias[oc], s10 = bias[oc + 1], s11 = bias[oc + 1];
-        /* Per 4 weights of 2 rows x 4 values of 2 columns: 4 loads, 4 SXTB16, 8 SMLAD (M7: 20 instructions). */
-        for (const int8_t *w_end = w0 + k_row; w0 != w_end; w0 += 4, w1 += 4) {
-            const int32_t wa = nn_read_s32(w0), wb = nn_read_s32(w1);
-            const uint64_t av = *a++, bv = *b++;
-            int32_t x = (int32_t)av, y = (int32_t)bv, w = __sxtb16(wa); /* x, y: values 0, 1 */
-            s00 = __smlad(w, x, s00);
-            s01 = __smlad(w, y, s01);
-            w = __sxtb16(wb);
-            s10 = __smlad(w, x, s10);
-            s11 = __smlad(w, y, s11);
-            x = (int32_t)(av >> 32); /* values 2, 3 */
-            y = (int32_t)(bv >> 32);
-            w = nn_sxtb16_ror8(wa);
-            s00 = __smlad(w, x, s00);
-            s01 = __smlad(w, y, s01);
-            w = nn_sxtb16_ror8(wb);
-            s10 = __smlad(w, x, s10);
-            s11 = __smlad(w, y, s11);
-        }
-        out0[oc] = nn_requantize(s00, shift, act_min);
-        out1[oc] = nn_requantize(s01, shift, act_min);
-        out0[oc + 1] = nn_requantize(s10, shift, act_min);
-        out1[oc + 1] = nn_requantize(s11, shift, act_min);
-    }
-}
-
-void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *weights, const int32_t *bias,
-               int8_t *output, int16_t *scratch)
-{
-    const int pixels = p->out_h * p->out_w, out_c = p->out_c, k_row = conv_row_length(p);
-    const int shift = p->out_shift, act_min = p->act_min;
-    int16_t *col0 = scratch, *col1 = scratch + k_row;
-    int pixel = 0;
-    for (; pixel + 1 < pixels; pixel += 2) {
-        int8_t *out0 = output + (size_t)pixel * out_c, *out1 = out0 + out_c;
-        im2col_s16(p, input, pixel, col0);
-        im2col_s16(p, input, pixel + 1, col1);
-        mat_mult_2x2_s8_s16(weights, bias, col0, col1, out0, out1, k_row, out_c, shift, act_min);
-        if (out_c & 1) { /* last channel of an odd count */
-            const int8_t *w = weights + (size_t)(out_c - 1) * k_row;
-            out0[out_c - 1] = nn_requantize(nn_dot_s8_s16(w, col0, k_row, bias[out_c - 1]), shift, act_min);
-            out1[out_c - 1] = nn_requantize(nn_dot_s8_s16(w, col1, k_row, bias[out_c - 1]), shift, act_min);
+#if NN_USE_DSP && defined(NN_ACLE_SHIM)
+    /* The host's check of the DSP path: the operations of the assembly below, in the same order. */
+    for (int pixel = 0; pixel < TILE_PIXELS; pixel++) s[pixel] = bias0, s[TILE_PIXELS + pixel] = bias1;
+    for (const int16_t *c = cols, *end = cols + groups * GROUP_STRIDE; c != end; c += GROUP_STRIDE, w += 8) {
+        for (int odd = 0; odd < 2; odd++) { /* (w0, w2) with the columns' even words, then (w1, w3) */
+            const int32_t ta = odd ? nn_sxtb16_ror8(nn_read_s32(w)) : __sxtb16(nn_read_s32(w));
+            const int32_t tb = odd ? nn_sxtb16_ror8(nn_read_s32(w + 4)) : __sxtb16(nn_read_s32(w + 4));
+            for (int pixel = 0; pixel < TILE_PIXELS; pixel++) {
+                const int32_t x = nn_read_s32(c + 4 * pixel + 2 * odd);
+                s[pixel] = __smlad(ta, x, s[pixel]);
+                s[TILE_PIXELS + pixel] = __smlad(tb, x, s[TILE_PIXELS + pixel]);
+            }
         }
     }
-    if (pixel < pixels) { /* last pixel of an odd count */
-        int8_t *out = output + (size_t)pixel * out_c;
-        im2col_s16(p, input, pixel, col0);
-        for (int oc = 0; oc < out_c; oc++)
-            out[oc] = nn_requantize(nn_dot_s8_s16(weights + (size_t)oc * k_row, col0, k_row, bias[oc]), shift,
-                                    act_min);
+#elif NN_USE_DSP
+    int32_t a0 = bias0, a1 = bias0, a2 = bias0, a3 = bias0, b0 = bias1, b1 = bias1, b2 = bias1, b3 = bias1;
+    const int16_t *c = cols, *const end = cols + groups * GROUP_STRIDE;
+    /* Assembly because GCC spills 3 of the 8 accumulators of the C loop (41 instructions per 32 MACs):
+     * 8 accumulators + 3 pointers + 3 temporaries use all 14 allocatable registers, so the weight words are
+     * loaded twice (once per SXTB16 rotation) instead of being held. 32 instructions per 32 MACs. */
+    int32_t ta, tb, x;
+    if (c != end)
+        __asm__("1:\n\t"
+                "ldrd   %[ta], %[tb], [%[w]]\n\t"
+                "sxtb16 %[ta], %[ta]\n\t"
+                "sxtb16 %[tb], %[tb]\n\t"
+                "ldr    %[x], [%[c]], #32\n\t"
+                "smlad  %[a0], %[ta], %[x], %[a0]\n\t"
+                "smlad  %[b0], %[tb], %[x], %[b0]\n\t"
+                "ldr    %[x], [%[c], #-24]\n\t"
+                "smlad  %[a1], %[ta], %[x], %[a1]\n\t"
+                "smlad  %[b1], %[tb], %[x], %[b1]\n\t"
+                "ldr    %[x], [%[c], #-16]\n\t"
+                "smlad  %[a2], %[ta], %[x], %[a2]\n\t"
+                "smlad  %[b2], %[tb], %[x], %[b2]\n\t"
+                "ldr    %[x], [%[c], #-8]\n\t"
+                "smlad  %[a3], %[ta], %[x], %[a3]\n\t"
+                "smlad  %[b3], %[tb], %[x], %[b3]\n\t"
+                "ldrd   %[ta], %[tb], [%[w]], #8\n\t"
+                "sxtb16 %[ta], %[ta], ror #8\n\t"
+                "sxtb16 %[tb], %[tb], ror #8\n\t"
+                "ldr    %[x], [%[c], #-28]\n\t"
+                "smlad  %[a0], %[ta], %[x], %[a0]\n\t"
+                "smlad  %[b0], %[tb], %[x], %[b0]\n\t"
+                "ldr    %[x], [%[c], #-20]\n\t"
+                "smlad  %[a1], %[ta], %[x], %[a1]\n\t"
+                "smlad  %[b1], %[tb], %[x], %[b1]\n\t"
+                "ldr    %[x], [%[c], #-12]\n\t"
+                "smlad  %[a2], %[ta], %[x], %[a2]\n\t"
+                "smlad  %[b2], %[tb], %[x], %[b2]\n\t"
+                "ldr    %[x], [%[c], #-4]\n\t"
+                "smlad  %[a3], %[ta], %[x], %[a3]\n\t"
+                "smlad  %[b3], %[tb], %[x], %[b3]\n\t"
+                "cmp    %[c], %[end]\n\t"
+                "bne    1b"
+                : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [b0] "+r"(b0), [b1] "+r"(b1),
+                  [b2] "+r"(b2), [b3] "+r"(b3), [w] "+r"(w), [c] "+r"(c), [ta] "=&r"(ta), [tb] "=&r"(tb),
+                  [x] "=&r"(x)
+                : [end] "r"(end)
+                : "cc", "memory");
+    s[0] = a0, s[1] = a1, s[2] = a2, s[3] = a3, s[4] = b0, s[5] = b1, s[6] = b2, s[7] = b3;
+#else
+    for (int pixel = 0; pixel < TILE_PIXELS; pixel++) {
+        s[pixel] = nn_row_dot(w, 8, cols + 4 * pixel, GROUP_STRIDE, groups, bias0);
+        s[TILE_PIXELS + pixel] = nn_row_dot(w + 4, 8, cols + 4 * pixel, GROUP_STRIDE, groups, bias1);
     }
-}
-
-#else /* portable C */
-
-void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *weights, const int32_t *bias,
-               int8_t *output, int16_t *scratch)
-{
-    const int k_row = conv_row_length(p);
-    const int pixels = p->out_h * p->out_w;
-    for (int pixel = 0; pixel < pixels; pixel++) {
-        int8_t *out = output + (size_t)pixel * p->out_c;
-        im2col_s16(p, input, pixel, scratch);
-        for (int oc = 0; oc < p->out_c; oc++)
-            out[oc] = nn_requantize(nn_dot_s8_s16(weights + (size_t)oc * k_row, scratch, k_row, bias[oc]),
-                                 p->out_shift, p->act_min);
-    }
-}
 #endif
+}
+
+static inline int32_t max4(const int32_t *s)
+{
+    const int32_t m = s[0] > s[1] ? s[0] : s[1], n = s[2] > s[3] ? s[2] : s[3];
+    return m > n ? m : n;
+}
+
+/* Requantize `count` accumulators to outputs out_c apart. Out of line: left shifts are rare (an output scale finer
+ * than the accumulator's), and inlining them at every store would cost flash for nothing. */
+static __attribute__((noinline, cold)) void store_general(const int32_t *s, int8_t *out, int count, int out_c,
+                                                          int shift, int act_min)
+{
+    for (int pixel = 0; pixel < count; pixel++) out[(size_t)pixel * out_c] = nn_requantize(s[pixel], shift, act_min);
+}
+
+/* One channel's results of a tile: with the pool the max of the 4 accumulators, requantized once (exact:
+ * requantization is monotonic); else `count` pixels, out_c apart. rshift = min(shift, 31) - 1 for a right shift
+ * (the usual case, inlined), else -1. */
+static inline void store_channel(const int32_t *s, int8_t *out, int count, int pooled, int out_c, int shift,
+                                 int rshift, int act_min)
+{
+    if (pooled) {
+        const int32_t top = max4(s);
+        if (rshift < 0)
+            store_general(&top, out, 1, out_c, shift, act_min);
+        else
+            *out = nn_requantize_right(top, rshift, act_min);
+    } else if (rshift < 0) {
+        store_general(s, out, count, out_c, shift, act_min);
+    } else {
+        for (int pixel = 0; pixel < count; pixel++)
+            out[(size_t)pixel * out_c] = nn_requantize_right(s[pixel], rshift, act_min);
+    }
+}
+
+static void tile_outputs(const conv2d_s8_params *p, const int8_t *weights, const int32_t *bias,
+                         const int16_t *cols, int8_t *out, int count)
+{
+    const int out_c = p->out_c, k_row = conv_row_length(p), groups = k_row / 4, shift = p->out_shift;
+    const int act_min = p->act_min, pooled = p->pool == 2, rshift = shift > 0 ? (shift > 31 ? 31 : shift) - 1 : -1;
+    int32_t s[2 * TILE_PIXELS];
+    int oc = 0;
+    for (const int8_t *w = weights; oc + 1 < out_c; oc += 2, w += 2 * k_row) {
+        tile_2x4(w, cols, groups, bias[oc], bias[oc + 1], s);
+        store_channel(s, out + oc, count, pooled, out_c, shift, rshift, act_min);
+        store_channel(s + TILE_PIXELS, out + oc + 1, count, pooled, out_c, shift, rshift, act_min);
+    }
+    if (oc < out_c) { /* the odd last row, stored alone */
+        for (int pixel = 0; pixel < TILE_PIXELS; pixel++)
+            s[pixel] = nn_row_dot(weights + (size_t)oc * k_row, 4, cols + 4 * pixel, GROUP_STRIDE, groups,
+                                  bias[oc]);
+        store_channel(s, out + oc, count, pooled, out_c, shift, rshift, act_min);
+    }
+}
+
+void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *weights, const int32_t *bias,
+               int8_t *output, int16_t *scratch)
+{
+    const int out_w = p->out_w, out_c = p->out_c, pixels = p->out_h * out_w, pooled = p->pool == 2;
+    int8_t *const stage = (int8_t *)(scratch + TILE_PIXELS * conv_row_length(p));
+    /* A step: one pooled pixel (its 2x2 window), or 4 pixels in order (a short last step repeats its last one). */
+    for (int first = 0; first < pixels; first += pooled ? 1 : TILE_PIXELS) {
+        const int count = pooled ? TILE_PIXELS : (pixels - first < TILE_PIXELS ? pixels - first : TILE_PIXELS);
+        for (int slot = 0; slot < TILE_PIXELS; slot++) {
+            const int q = first + (slot < count ? slot : count - 1);
+            const int oy = pooled ? 2 * (first / out_w) + slot / 2 : q / out_w;
+            const int ox = pooled ? 2 * (first % out_w) + slot % 2 : q % out_w;
+            im2col_s16(p, input, oy, ox, scratch + 4 * slot, stage);
+        }
+        tile_outputs(p, weights, bias, scratch, output + (size_t)first * out_c, count);
+    }
+}

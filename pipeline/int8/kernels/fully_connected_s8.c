@@ -1,27 +1,37 @@
-/* Fully connected: int8 input vector, int8 weights (out_size, in_size) in the (0, 2, 1, 3) group order,
- * int32 bias at the accumulator scale. The input is widened to int16 once; the DSP path then uses one SMLAD
- * per weight pair, the portable path a plain dot product. */
+/* Fully connected: int8 input vector, int8 weights (out_size rows of in_size) in the pair-interleaved layout of
+ * nn_kernels.h, int32 bias at the accumulator scale. The input is widened to int16 once; two rows are then
+ * accumulated together so they share the input loads (DSP path: per 4 values, 1 weight-pair load, 1 input
+ * load pair, 4 SXTB16, 4 SMLAD for 8 MACs). */
 #include "nn_kernels.h"
 
-void fully_connected_s8(const int8_t *input, const int8_t *weights, const int32_t *bias, int8_t *output,
-                        int in_size, int out_size, int out_shift, int act_min, int16_t *scratch)
+void fully_connected_s8(const fully_connected_s8_params *p, const int8_t *input, const int8_t *weights,
+                        const int32_t *bias, int8_t *output, int16_t *scratch)
 {
-    nn_s8_to_s16(input, scratch, in_size);
-    for (int n = 0; n < out_size; n++) {
-        const int8_t *w = weights + (size_t)n * in_size;
+    const int in_size = p->in_size, out_size = p->out_size, k_row = NN_ROW_LENGTH(in_size), groups = k_row / 4;
+    const int shift = p->out_shift, act_min = p->act_min;
+    const int whole = in_size & ~3;
+    nn_widen_groups(input, scratch, whole, 4);
+    for (int k = whole; k < k_row; k++) scratch[NN_WIDENED_INDEX(k, 4)] = k < in_size ? input[k] : 0;
+    int n = 0;
+    for (const int8_t *w = weights; n + 1 < out_size; n += 2, w += 2 * k_row) {
 #if NN_USE_DSP
+        int32_t a = bias[n], b = bias[n + 1];
         const int16_t *x = scratch;
-        const int k4 = in_size & ~3;
-        int32_t acc = bias[n];
-        for (int k = 0; k < k4; k += 4, w += 4, x += 4) {
-            const int32_t wk = nn_read_s32(w);
-            acc = __smlad(__sxtb16(wk), nn_read_s32(x), acc);
-            acc = __smlad(nn_sxtb16_ror8(wk), nn_read_s32(x + 2), acc);
+        for (const int8_t *v = w, *end = w + 2 * k_row; v != end; v += 8, x += 4) {
+            const int32_t wa = nn_read_s32(v), wb = nn_read_s32(v + 4), even = nn_read_s32(x);
+            const int32_t odd = nn_read_s32(x + 2);
+            a = __smlad(__sxtb16(wa), even, a), b = __smlad(__sxtb16(wb), even, b);
+            a = __smlad(nn_sxtb16_ror8(wa), odd, a), b = __smlad(nn_sxtb16_ror8(wb), odd, b);
         }
-        for (int k = k4; k < in_size; k++) acc += *w++ * *x++;
 #else
-        const int32_t acc = nn_dot_s8_s16(w, scratch, in_size, bias[n]);
+        const int32_t a = nn_row_dot(w, 8, scratch, 4, groups, bias[n]);
+        const int32_t b = nn_row_dot(w + 4, 8, scratch, 4, groups, bias[n + 1]);
 #endif
-        output[n] = nn_requantize(acc, out_shift, act_min);
+        output[n] = nn_requantize(a, shift, act_min);
+        output[n + 1] = nn_requantize(b, shift, act_min);
+    }
+    if (n < out_size) { /* the odd last row, stored alone */
+        const int32_t a = nn_row_dot(weights + (size_t)n * k_row, 4, scratch, 4, groups, bias[n]);
+        output[n] = nn_requantize(a, shift, act_min);
     }
 }

@@ -1,7 +1,13 @@
 /* int8 kernels for the built-in backend's bundles (TFLite Micro / CMSIS-NN style, Glow's power-of-2 scales).
- * Tensors are int8 NHWC with offset 0; every rescale is a rounding shift. Weight rows are stored with each
- * group of 4 values in the order (0, 2, 1, 3) so that the DSP path gets the pairs (w0, w1) and (w2, w3) from
- * SXTB16 of the word and of the word rotated by 8; the portable path reads the same layout (nn_dot_s8_s16). */
+ * Tensors are int8 NHWC with offset 0; every rescale is a rounding shift.
+ *
+ * Layouts shared by the DSP and the portable paths (pipeline/int8/bundle.py writes the weights):
+ * - weight rows (conv: kernel_h * kernel_w * in_c values in (kh, kw, c) order; fc: in_size values) are
+ *   zero-padded to a multiple of 4 (k_row) and read 4 at a time ("groups"); rows are stored in pairs, the two
+ *   rows' groups interleaved (row 2j group g, row 2j+1 group g, row 2j group g+1, ...), an odd last row alone.
+ * - an int8 group (x0, x1, x2, x3) is widened to int16 as (x0, x2, x1, x3): SXTB16 of the word and of the word
+ *   rotated by 8 give exactly those pairs, so widening needs no re-interleaving, and SXTB16 of a weight word and
+ *   of it rotated by 8 give the matching weight pairs (w0, w2), (w1, w3) for SMLAD. */
 #ifndef NN_KERNELS_H
 #define NN_KERNELS_H
 
@@ -29,24 +35,41 @@ typedef struct {
     uint8_t kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left;
     int8_t out_shift; /* accumulator -> output: rounding right shift (negative: left shift) */
     int8_t act_min;   /* -128, or 0 with a fused ReLU */
+    uint8_t pool;     /* 2: a fused 2x2 stride-2 max pool (out_h, out_w are the pooled sizes); 1: none */
 } conv2d_s8_params;
+
+typedef struct {
+    uint16_t in_size, out_size;
+    int8_t out_shift, act_min;
+} fully_connected_s8_params;
 
 typedef struct {
     uint16_t in_h, in_w, channels, out_h, out_w;
     uint8_t kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left;
 } max_pool_s8_params;
 
+/* Per-layer timing, a firmware build option: with NN_LAYER_PROFILE the bundle calls nn_layer_mark(-1) on entry
+ * and nn_layer_mark(k) after its k-th kernel call (the manifest's layer k); the application defines it. */
+#if defined(NN_LAYER_PROFILE)
+void nn_layer_mark(int layer);
+#define NN_LAYER_MARK(layer) nn_layer_mark(layer)
+#else
+#define NN_LAYER_MARK(layer) ((void)0)
+#endif
+
 /* float NCHW -> int8 NHWC: round-half-even(x * inv_scale), saturated (Glow's quantize). */
 void quantize_f32_s8(const float *input, int8_t *output, int channels, int height, int width, float inv_scale);
 /* int8 -> float: q * scale. */
 void dequantize_s8_f32(const int8_t *input, float *output, int size, float scale);
-/* weights: rows of kernel_h * kernel_w * in_c padded with zeros to a multiple of 4;
- * scratch: two im2col columns of that padded length (int16). */
+/* Scratch: four interleaved im2col columns of k_row int16, plus k_row bytes when in_c % 4 != 0 (bundle.py
+ * _scratch_bytes). With pool == 2 each output
+ * is requantize(max of the 2x2 window's accumulators): requantization is monotonic, so this equals pooling the
+ * requantized conv output, and the pre-pool tensor is never stored. */
 void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *weights, const int32_t *bias,
                int8_t *output, int16_t *scratch);
-/* output[n] = requantize(bias[n] + sum_k input[k] * weights[n][k]); scratch: in_size int16. */
-void fully_connected_s8(const int8_t *input, const int8_t *weights, const int32_t *bias, int8_t *output,
-                        int in_size, int out_size, int out_shift, int act_min, int16_t *scratch);
+/* output[n] = requantize(bias[n] + sum_k input[k] * weights[n][k]); scratch: the input widened (k_row int16). */
+void fully_connected_s8(const fully_connected_s8_params *p, const int8_t *input, const int8_t *weights,
+                        const int32_t *bias, int8_t *output, int16_t *scratch);
 void max_pool_s8(const max_pool_s8_params *p, const int8_t *input, int8_t *output);
 /* output = saturate(nn_rescale(a, shift_a) + nn_rescale(b, shift_b)). */
 void add_s8(const int8_t *a, const int8_t *b, int8_t *output, int size, int shift_a, int shift_b, int act_min);
@@ -76,6 +99,19 @@ static inline int8_t nn_saturate(int32_t value, int32_t act_min)
     if (value < act_min) value = act_min;
     if (value > 127) value = 127;
     return (int8_t)value;
+}
+
+/* nn_requantize for a right shift (shift_minus_1 = min(shift, 31) - 1 >= 0), the usual case: the accumulator's
+ * scale is finer than the output's. On DSP cores the clamp to int8 is one SSAT. */
+static inline int8_t nn_requantize_right(int32_t acc, int32_t shift_minus_1, int32_t act_min)
+{
+    int32_t value = ((acc >> shift_minus_1) + 1) >> 1;
+#if NN_USE_DSP
+    value = __ssat(value, 8);
+#else
+    value = value > 127 ? 127 : value < -128 ? -128 : value;
+#endif
+    return (int8_t)(value < act_min ? act_min : value);
 }
 
 /* An int32 accumulator back to int8: rounding shift, then clamp to [act_min, 127] (act_min 0 = fused ReLU). */
@@ -109,29 +145,36 @@ static inline int32_t nn_read_s32(const void *p)
 static inline void nn_write_s32(void *p, int32_t v) { memcpy(p, &v, 4); }
 #endif /* NN_USE_DSP */
 
-/* int8 -> int16 keeping the order (pairs (x0, x1), (x2, x3) for SMLAD). */
-static inline void nn_s8_to_s16(const int8_t *src, int16_t *dst, int n)
+/* Rows and im2col columns are zero-padded to a multiple of 4 values. */
+#define NN_ROW_LENGTH(values) (((values) + 3) & ~3)
+/* int16 index of value k of a widened group sequence whose groups are `group_stride` int16 apart. */
+#define NN_WIDENED_INDEX(k, group_stride) (((k) >> 2) * (group_stride) + ((k) & 1) * 2 + (((k) >> 1) & 1))
+
+/* n int8 values (n % 4 == 0, src word-aligned or not) -> int16 groups (x0, x2, x1, x3), `group_stride` apart. */
+static inline void nn_widen_groups(const int8_t *src, int16_t *dst, int n, int group_stride)
 {
 #if NN_USE_DSP
-    for (; n >= 4; n -= 4, src += 4, dst += 4) {
+    for (; n > 0; n -= 4, src += 4, dst += group_stride) { /* one LDR, two SXTB16, one STRD */
         const int32_t w = nn_read_s32(src);
-        const uint32_t even = (uint32_t)__sxtb16(w);      /* x0, x2 */
-        const uint32_t odd = (uint32_t)nn_sxtb16_ror8(w); /* x1, x3 */
-        nn_write_s32(dst, (int32_t)((even & 0xFFFFu) | (odd << 16)));
-        nn_write_s32(dst + 2, (int32_t)((even >> 16) | (odd & 0xFFFF0000u)));
+        const uint64_t pairs = (uint32_t)__sxtb16(w) | (uint64_t)(uint32_t)nn_sxtb16_ror8(w) << 32;
+        memcpy(dst, &pairs, 8);
     }
+#else
+    for (; n > 0; n -= 4, src += 4, dst += group_stride)
+        dst[0] = src[0], dst[1] = src[2], dst[2] = src[1], dst[3] = src[3];
 #endif
-    for (; n > 0; n--) *dst++ = *src++;
 }
 
-/* Portable dot product of a weight row (groups in (0, 2, 1, 3) order) with an int16 column. */
-static inline int32_t nn_dot_s8_s16(const int8_t *w, const int16_t *x, int k_total, int32_t acc)
+/* One weight group (int8, natural order) times one widened group (int16 x0, x2, x1, x3). */
+static inline int32_t nn_dot_group(const int8_t *w, const int16_t *x)
 {
-    const int k4 = k_total & ~3;
-    int k = 0;
-    for (; k < k4; k += 4)
-        acc += w[k] * x[k] + w[k + 2] * x[k + 1] + w[k + 1] * x[k + 2] + w[k + 3] * x[k + 3];
-    for (; k < k_total; k++) acc += w[k] * x[k];
+    return w[0] * x[0] + w[2] * x[1] + w[1] * x[2] + w[3] * x[3];
+}
+
+/* acc + one weight row . one widened vector: `groups` groups, w_step bytes and x_step int16 apart. */
+static inline int32_t nn_row_dot(const int8_t *w, int w_step, const int16_t *x, int x_step, int groups, int32_t acc)
+{
+    for (int g = 0; g < groups; g++, w += w_step, x += x_step) acc += nn_dot_group(w, x);
     return acc;
 }
 

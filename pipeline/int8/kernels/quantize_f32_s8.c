@@ -1,16 +1,16 @@
 /* Input placeholder: float NCHW -> int8 NHWC with Glow's quantize (round half to even, saturate).
- * inv_scale is a power of 2, so x * inv_scale is exact. Written without libm. */
+ * inv_scale is a power of 2, so x * inv_scale is exact. rintf rounds half to even in the default rounding mode,
+ * which nothing here changes; on FPv5 cores (Cortex-M7, M33) it is one VRINTX, elsewhere libm's rintf (the
+ * firmware links libm for expf already). */
+#include <math.h>
+
 #include "nn_kernels.h"
 
 static int8_t round_half_even_s8(float v)
 {
-    if (!(v > -129.0f)) return -128; /* also NaN */
-    if (v > 128.0f) return 127;
-    int32_t i = (int32_t)v; /* toward zero */
-    const float r = v - (float)i;
-    if (r > 0.5f || (r == 0.5f && (i & 1))) i++;
-    else if (r < -0.5f || (r == -0.5f && (i & 1))) i--;
-    return nn_saturate(i, -128);
+    const float r = rintf(v);
+    if (r >= 127.0f) return 127;
+    return r > -128.0f ? (int8_t)(int32_t)r : -128; /* also NaN */
 }
 
 void quantize_f32_s8(const float *input, int8_t *output, int channels, int height, int width, float inv_scale)
