@@ -13,6 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from conftest import executed, run_doit
 from pipeline.core.tools import Skipped, ToolError, run_tool
 from pipeline.int8 import glow
 
@@ -214,3 +215,27 @@ def test_a_glow_made_profile_is_read_by_tensor_names(tmp_path):
     assert profile.read_profile(glow_made).graph_hash == 0x5BD1E9955BD1E995
     assert bundle.generate_sources(tmp_path / "cifar.onnx", glow_made) == \
         bundle.generate_sources(tmp_path / "cifar.onnx", ours)
+
+
+def test_the_default_graph_finishes_with_glows_tools(smoke_copy, smoke_build_cache, tmp_path):
+    """With Glow's tools found (stand-ins on GLOW_BIN, which accept only Glow's own options), the graph ends in
+    firmware for both Arm boards, each checked under QEMU against the built-in bundle of the same profile; the
+    HiFi4, whose bundle Glow cannot make without the Xtensa tools, is skipped with the reason after it."""
+    tree, env = smoke_copy
+    shutil.copytree(smoke_build_cache, env["PIPELINE_CACHE_DIR"])
+    (tmp_path / "glow").mkdir()
+    install_standins(tmp_path / "glow")
+    env = {**env, "GLOW_BIN": str(tmp_path / "glow"), "GLOW_STANDIN_LOG": str(tmp_path / "glow.log")}
+    run_doit(tree, "config=configs/smoke.toml", env=env)
+    tools = {json.loads(line)["tool"] for line in (tmp_path / "glow.log").read_text().splitlines()}
+    assert tools == set(glow.TOOLS), "every Glow tool ran"
+    for name in ("rt1060", "rt685_m33"):
+        root = tree / "build" / name
+        assert not (root / "bundle" / "cifar.c").exists(), "Glow keeps no bundle C"
+        emulated = json.loads((root / "emulator.json").read_text())
+        assert emulated["check"]["top1_equal"] == emulated["check"]["images"] == 5
+        assert "built-in" in emulated["check"]["reference"]
+    hifi4 = tree / "build" / "rt685_hifi4" / "skipped"
+    assert "xt-clang" in (hifi4 / "bundle.txt").read_text()
+    assert (hifi4 / "firmware.txt").read_text().startswith("bundle:rt685_hifi4")
+    assert executed(run_doit(tree, "config=configs/smoke.toml", env=env)) == set()

@@ -45,6 +45,7 @@ def test_quantization_artifacts(smoke_build):
     accuracy = json.loads((quant / "accuracy.json").read_text())
     assert {"float_accuracy", "int8_untuned_accuracy", "int8_tuned_accuracy"} <= set(accuracy)
     assert abs(accuracy["int8_tuned_accuracy"] - accuracy["float_accuracy"]) <= 0.05
+    assert accuracy["bundle"].startswith("built-in int8 bundle")  # which bundle the figures are of
     int8_top1 = np.load(quant / "int8_val_predictions.npy")
     assert len(np.unique(int8_top1)) >= 6, "the deployed int8 model must predict many classes, not one"
 
