@@ -191,6 +191,11 @@ class Layout:
         return [self.test_data / "input_0.pb", self.test_data / "output_0.pb"]
 
     @property
+    def tflite(self) -> Path:
+        """The int8 graph as a TensorFlow Lite flatbuffer, with the bundle's scales."""
+        return self.model / f"{self.network}_int8.tflite"
+
+    @property
     def export(self) -> list[Path]:
         return [self.onnx, self.model / "export_check.json", *self.test_data_files]
 
@@ -225,6 +230,11 @@ class Layout:
 
     def evaluation_files(self, kind: str) -> list[Path]:
         return [self.evaluation(kind) / f for f in EVALUATION_FILES[kind]]
+
+    @property
+    def tflite_parity(self) -> list[Path]:
+        """LiteRT and TFLite Micro against the int8 reference: the figures (JSON) and their table (Markdown)."""
+        return [self.evaluation("tflite_parity") / f for f in ("tflite_parity.json", "tflite_parity.md")]
 
     @property
     def report(self) -> list[Path]:

@@ -157,21 +157,24 @@ def tflite_requantize(acc: np.ndarray, shift: int, act_min: int) -> np.ndarray:
 
 def rounding_differences(qm: int8_graph.QuantModel, x_nchw: np.ndarray) -> list[dict]:
     """Per conv / fc layer, on the reference's own int8 input to it: how many output elements Glow's and
-    TensorFlow Lite's requantization round to different int8 values."""
-    tensors = int8_graph.run_int8(qm, x_nchw, keep_all=True)
-    layers = []
-    for op in qm.ops:
-        if op.kind not in ("conv", "fc"):
-            continue
-        src = tensors[op.inputs[0]]
-        cols = int8_graph.im2col(src, op.kernel, op.stride, op.pads, 0) if op.kind == "conv" else src
-        acc = cols.astype(np.int64) @ op.weight.T.astype(np.int64) + op.bias
-        glow = int8_graph.requantize(acc, op.shift, op.act_min)
-        tflite = tflite_requantize(acc, op.shift, op.act_min)
-        layers.append({"node": op.node, "shift": op.shift, "elements": int(glow.size),
-                       "differ": int((glow != tflite).sum()), "max_difference": int(
-                           np.abs(glow.astype(np.int16) - tflite).max(initial=0))})
-    return layers
+    TensorFlow Lite's requantization round to different int8 values (in batches: accumulators are int64)."""
+    layers = {op.node: {"node": op.node, "shift": op.shift, "elements": 0, "differ": 0, "max_difference": 0}
+              for op in qm.ops if op.kind in ("conv", "fc")}
+    for start in range(0, len(x_nchw), int8_graph.BATCH):
+        tensors = int8_graph.run_int8(qm, x_nchw[start:start + int8_graph.BATCH], keep_all=True)
+        for op in qm.ops:
+            if op.node not in layers:
+                continue
+            src = tensors[op.inputs[0]]
+            cols = int8_graph.im2col(src, op.kernel, op.stride, op.pads, 0) if op.kind == "conv" else src
+            acc = cols.astype(np.int64) @ op.weight.T.astype(np.int64) + op.bias
+            difference = np.abs(int8_graph.requantize(acc, op.shift, op.act_min).astype(np.int16)
+                                - tflite_requantize(acc, op.shift, op.act_min))
+            layer = layers[op.node]
+            layer["elements"] += int(difference.size)
+            layer["differ"] += int(np.count_nonzero(difference))
+            layer["max_difference"] = max(layer["max_difference"], int(difference.max(initial=0)))
+    return list(layers.values())
 
 
 def against_reference(outputs: dict, lsb: float) -> dict:
