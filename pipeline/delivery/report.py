@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.atomic import atomic_dir, write_text
-from pipeline.core.tools import ARM_INSTALL_HINT, arm_tool, run_tool
+from pipeline.core.tools import board_tool, board_toolchain, run_tool
 from pipeline.delivery import plots
 from pipeline.firmware.app import MCUX_APP
 from pipeline.firmware.link import firmware_size
@@ -95,7 +95,8 @@ def memory_map(board: dict, elf) -> list[dict]:
     """Per region of the board's [memory]: [{"name", "size", "segments": {kind: bytes, ..., "free": bytes}}],
     from the ELF's section sizes and addresses (arm-none-eabi-size -A)."""
     kinds = linker_section_kinds()
-    output = run_tool([arm_tool("size"), "-A", "-d", Path(elf).resolve()], ARM_INSTALL_HINT).stdout
+    output = run_tool([board_tool(board, "size"), "-A", "-d", Path(elf).resolve()],
+                      board_toolchain(board).install_hint).stdout
     regions = {name: {"name": name, "size": r["length"], "segments": dict.fromkeys(kinds.values(), 0)}
                for name, r in board["memory"].items()}
     for line in output.splitlines():
