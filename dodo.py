@@ -53,7 +53,8 @@ DOIT_CONFIG = {
     "verbosity": 2,
     "reporter": RunSummaryReporter,
     "default_tasks": ["dataset", "train", "export", "profile", "tune", "accuracy", "bundle", "image_inc", "main_c",
-                      "firmware", "emulate", "zephyr", "mcux_sdk", "int8_predictions", *EVALUATION_FILES, "report"],
+                      "firmware", "emulate", "zephyr", "mcux_sdk", "int8_predictions", *EVALUATION_FILES, "tflite",
+                      "tflite_parity", "report"],
 }
 
 
