@@ -117,6 +117,9 @@ def test_parity_figures_and_tflm_arena(model, tmp_path):
     tflm = tflite_parity.tflm_outputs(data, inputs, 200_000)
     assert figures["tflm"]["images_differing"] == int((np.abs(tflm - reference).max(axis=1) > 0).sum())
     assert figures["tflm"]["top1_agreement"] == float((tflm.argmax(1) == reference.argmax(1)).mean())
+    # TFLM and LiteRT's reference kernels are two runtimes with one requantization: bit-identical outputs.
+    pair = next(p for p in result["pairs"] if p["engines"] == ["litert_reference_kernels", "tflm"])
+    assert pair["max_abs_diff"] == 0
     # Differences are requantization rounding: a few output LSBs, never more.
     assert all(f["max_diff_lsb"] <= 4 for f in figures.values())
     arena = result["memory"]["tflm"]["arena_bytes"]
@@ -157,3 +160,15 @@ def test_smoke_graph_builds_tflite_and_parity(smoke_build):
     assert result["against_reference"]["host_bundle"]["images_differing"] == 0
     assert result["memory"]["tflm"]["arena_bytes"] > 0
     assert result["images"] == int(np.load(smoke_build / "build/data/test_labels.npy").size)
+
+
+def test_every_tflm_difference_is_requantization_rounding(model, monkeypatch):
+    """Our int8 reference with TensorFlow Lite's requantization in place of Glow's gives TFLM's outputs bit for
+    bit: the scales, weights, layouts and ops are the same, only the rounding differs."""
+    tmp, qm = model
+    x = to_input(synthetic_images(40, seed=9)[0])
+    data = (tmp / "m_int8.tflite").read_bytes()
+    tflm = tflite_parity.tflm_outputs(data, tflite_parity.model_inputs(data, x), 200_000)
+    assert not np.array_equal(int8_graph.run_int8(qm, x), tflm)  # Glow's rounding: different outputs
+    monkeypatch.setattr(int8_graph, "requantize", tflite_parity.tflite_requantize)
+    assert np.array_equal(int8_graph.run_int8(qm, x), tflm)
