@@ -117,9 +117,6 @@ def test_parity_figures_and_tflm_arena(model, tmp_path):
     tflm = tflite_parity.tflm_outputs(data, inputs, 200_000)
     assert figures["tflm"]["images_differing"] == int((np.abs(tflm - reference).max(axis=1) > 0).sum())
     assert figures["tflm"]["top1_agreement"] == float((tflm.argmax(1) == reference.argmax(1)).mean())
-    # TFLM and LiteRT's reference kernels are two runtimes with one requantization: bit-identical outputs.
-    pair = next(p for p in result["pairs"] if p["engines"] == ["litert_reference_kernels", "tflm"])
-    assert pair["max_abs_diff"] == 0
     # Differences are requantization rounding: a few output LSBs, never more.
     assert all(f["max_diff_lsb"] <= 4 for f in figures.values())
     arena = result["memory"]["tflm"]["arena_bytes"]
