@@ -129,14 +129,18 @@ def test_parity_figures_and_tflm_arena(model, tmp_path):
     assert f"{arena:,}-byte tensor arena" in text and "| tflm |" in text
 
 
-def test_missing_runtime_is_skipped_with_the_pip_command(model, monkeypatch):
+@pytest.mark.parametrize("module, engine, pin", [
+    ("ai_edge_litert.interpreter", "litert", tflite_parity.LITERT_PIN),
+    ("tflite_micro.python.tflite_micro.runtime", "tflm", tflite_parity.TFLM_PIN)])
+def test_missing_runtime_is_skipped_with_the_pip_command(model, monkeypatch, module, engine, pin):
     tmp, _ = model
-    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import now raises ImportError
+    monkeypatch.setitem(sys.modules, module, None)  # importing it now raises ImportError
     images, labels = synthetic_images(10, seed=3)
     result = tflite_parity.compare(tmp / "m.onnx", tmp / "profile.yml", tmp / "m_int8.tflite", images, labels, "m")
-    assert "litert" not in result["engines"] and "tflm" in result["engines"]
-    assert tflite_parity.LITERT_PIN in result["skipped"]["litert"]
-    assert f"litert: {result['skipped']['litert']}" in tflite_parity.markdown(result)
+    assert engine not in result["engines"] and "numpy_int8" in result["engines"]
+    assert pin in result["skipped"][engine]
+    assert f"{engine}: {result['skipped'][engine]}" in tflite_parity.markdown(result)
+    assert ("tflm" in result["memory"]) == (engine != "tflm")
 
 
 def test_padding_without_tflite_equivalent_names_the_node(model):
