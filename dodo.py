@@ -59,7 +59,7 @@ DOIT_CONFIG = {
     "reporter": RunSummaryReporter,
     "default_tasks": ["dataset", "train", "export", "profile", "tune", "accuracy", "bundle", "image_inc", "main_c",
                       "firmware", "emulate", "layer_profile", "zephyr", "mcux_sdk", "int8_predictions",
-                      *EVALUATION_FILES, "report"],
+                      *EVALUATION_FILES, "tflite", "tflite_parity", "report"],
 }
 
 
@@ -262,11 +262,30 @@ def task_parity():
                 max_images=EVALUATION["parity_images"], int8_predictions_path=LAYOUT.int8_predictions("val"))
 
 
+def task_tflite():
+    """build/model/<name>_int8.tflite: the deployed int8 graph (tuned profile) with the bundle's power-of-two
+    scales, int8 weights and int32 biases, as a TensorFlow Lite flatbuffer."""
+    return step("int8.tflite:tflite_stage", inputs=[LAYOUT.onnx, LAYOUT.tuned], outputs=[LAYOUT.tflite],
+                onnx_path=LAYOUT.onnx, profile_path=LAYOUT.tuned, out_path=LAYOUT.tflite,
+                io_type=CONFIG["tflite"]["io_type"])
+
+
+def task_tflite_parity():
+    """The .tflite in LiteRT and TFLite Micro against the NumPy int8 reference and the host bundle on the test
+    split, TFLite Micro's arena, and why the runtimes differ (requantization rounding)."""
+    return step("evaluations.tflite_parity:run_stage", cached=True,
+                inputs=[LAYOUT.onnx, LAYOUT.tuned, LAYOUT.tflite, *LAYOUT.split("test")],
+                outputs=LAYOUT.tflite_parity, onnx_path=LAYOUT.onnx, profile_path=LAYOUT.tuned,
+                tflite_path=LAYOUT.tflite, data_dir=LAYOUT.data, out_dir=LAYOUT.evaluation("tflite_parity"),
+                network=NAME, max_images=CONFIG["tflite"]["parity_images"])
+
+
 def task_report():
     """build/report.html and report.md: summary, model, per board (app note's table, memory map, instructions),
     evaluations, provenance."""
-    evaluations = {kind: dict(zip(("summary", "markdown", "figure"), LAYOUT.evaluation_files(kind)))
-                   for kind in EVALUATION_FILES}
+    evaluations = {kind: dict(zip(("summary", "markdown", "figure"), files)) for kind, files in
+                   [*((kind, LAYOUT.evaluation_files(kind)) for kind in EVALUATION_FILES),
+                    ("tflite_parity", LAYOUT.tflite_parity)]}
     vendor_files = [board.root / elf for board in BOARDS for step_name, elf in VENDOR_ELFS.items()
                     if step_name not in SKIPS[board.board]]
     named = {"accuracy_file": LAYOUT.accuracy, "metrics_file": LAYOUT.metrics, "training_figure": LAYOUT.training_plot,

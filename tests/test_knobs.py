@@ -16,8 +16,8 @@ AUDIT = ROOT / "tests" / "audit_tasks.py"
 ARM = ("rt1060", "rt685_m33")
 EVERY_STEP = ["train", "export", "profile", "tune", "accuracy", "bundle:*", "main_c:*", "firmware:rt1060",
               "firmware:rt685_m33", "emulate:rt1060", "emulate:rt685_m33", "layer_profile:rt1060",
-              "layer_profile:rt685_m33", "int8_predictions:*", "hardening",
-              "robustness", "parity"]
+              "layer_profile:rt685_m33", "int8_predictions:*", "hardening", "robustness", "parity", "tflite",
+              "tflite_parity"]
 # key: (new value, the tasks whose settings it is). The release and the report record the whole config (the
 # report shows its digest), so both are in every row.
 CHANGES = {
@@ -68,6 +68,8 @@ CHANGES = {
     "evaluation.robustness_transforms": ([{"kind": "blur", "radius": 0.6}], ["robustness"]),
     "evaluation.fgsm_epsilons": ([2], ["robustness"]),
     "evaluation.parity_images": (100, ["int8_predictions:val", "parity"]),
+    "tflite.io_type": ("int8", ["tflite"]),
+    "tflite.parity_images": (100, ["tflite_parity"]),
 }
 
 

@@ -119,6 +119,11 @@ SCHEMA = {
         "fgsm_epsilons": Key([1, 2, 4, 8], list, help="FGSM strengths in pixel levels (0..255)"),
         "parity_images": Key(0, int, minimum=0, help="validation images for engine parity; 0 = all"),
     },
+    "tflite": {
+        "io_type": Key("float32", str, choices=("float32", "int8"),
+                       help="the .tflite's input and output: float (quantized inside, like the bundle) or int8"),
+        "parity_images": Key(0, int, minimum=0, help="test images for TensorFlow Lite parity; 0 = all"),
+    },
 }
 
 

@@ -209,6 +209,11 @@ class Layout:
         return [self.test_data / "input_0.pb", self.test_data / "output_0.pb"]
 
     @property
+    def tflite(self) -> Path:
+        """The int8 graph as a TensorFlow Lite flatbuffer, with the bundle's scales."""
+        return self.model / f"{self.network}_int8.tflite"
+
+    @property
     def export(self) -> list[Path]:
         return [self.onnx, self.model / "export_check.json", *self.test_data_files]
 
@@ -245,6 +250,11 @@ class Layout:
         return [self.evaluation(kind) / f for f in EVALUATION_FILES[kind]]
 
     @property
+    def tflite_parity(self) -> list[Path]:
+        """LiteRT and TFLite Micro against the int8 reference: the figures (JSON) and their table (Markdown)."""
+        return [self.evaluation("tflite_parity") / f for f in ("tflite_parity.json", "tflite_parity.md")]
+
+    @property
     def report(self) -> list[Path]:
         """The report in words (report.md, first), as one page (report.html), and its plots' folder."""
         return [self.build / "report.md", self.build / "report.html", self.build / "report_figures"]
@@ -257,8 +267,8 @@ class Layout:
 
     def release_files(self, boards: list[BoardLayout], skips: dict[str, dict]) -> dict[str, Path]:
         """{name inside the archive: file} of every deliverable that was built (no logs, no skip records)."""
-        files = [*self.training, self.onnx, *self.test_data_files, self.profile, self.tuned, self.accuracy,
-                 *self.report[:2]]
+        files = [*self.training, self.onnx, *self.test_data_files, self.tflite, self.profile, self.tuned,
+                 self.accuracy, *self.report[:2]]
         for board in boards:
             files += [f for f in board.deliverables(skips[board.board])
                       if f.parent.name != "skipped" and f.suffix != ".log"]

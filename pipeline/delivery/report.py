@@ -33,7 +33,7 @@ APP_NOTE_CONSOLE = ("Top1 class = 7 (horse)", "Confidence = 0.999", "Inference t
 # The keys a per-layer profile in emulator.json may carry ("layers": [{...}, ...]).
 LAYER_KEYS = ("name", "kind", "macs", "instructions")
 EVALUATION_TITLES = {"hardening": "Confidence hardening", "robustness": "Input-transformation voting and FGSM",
-                     "parity": "Engine parity"}
+                     "parity": "Engine parity", "tflite_parity": "The same int8 model in TensorFlow Lite"}
 PAGE_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 72em; padding: 1em 2em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; }
@@ -326,6 +326,16 @@ def evaluation_meaning(kind: str, summary: dict) -> str:
         return (f"What it means: at FGSM ε={strongest['epsilon']} accuracy falls from {_percent(clean['accuracy'])} "
                 f"to {_percent(strongest['accuracy'])}, and voting over {len(summary['voters'])} copies gives "
                 f"{_percent(strongest['voted_accuracy'])} ({_percent(clean['voted_accuracy'])} on clean images).")
+    if kind == "tflite_parity":
+        engines = summary["against_reference"]
+        arena = summary["memory"].get("tflm", {}).get("arena_bytes")
+        return (f"What it means: the .tflite (the same scales, weights and biases) gives the deployed bundle's top-1 "
+                f"on at least {_percent(min(e['top1_agreement'] for e in engines.values()))} of "
+                f"{summary['images']:,} images in every runtime here ({', '.join(engines)}), outputs at most "
+                f"{max(e['max_diff_lsb'] for e in engines.values()):g} LSB apart (TFLite rounds requantization "
+                f"differently)" + (f"; TFLite Micro needs a {arena:,}-byte arena where the bundle plans "
+                                   f"{summary['memory']['bundle_activations_bytes']:,} bytes of activations"
+                                   if arena else "") + ".")
     worst = min(summary["pairs"], key=lambda p: p["top1_agreement"]) if summary["pairs"] else None  # parity
     engines = ", ".join(summary["engines"])
     return (f"What it means: the float engines ({engines}) " +
