@@ -155,7 +155,17 @@ def to_flatbuffer(qm: int8_graph.QuantModel, io_type: str = "float32", source="t
                 options.strideH, options.strideW = op.stride
                 options.dilationHFactor = options.dilationWFactor = 1
                 options.fusedActivationFunction = _activation(fb, op)
-                w.operator("CONV_2D", [x, weight, bias], [activation_tensor(op.output)], "Conv2DOptions", options)
+                # A conv with a fused 2x2 max pool (op.pool == 2) writes the pooled tensor; TensorFlow Lite has no
+                # such fusion, so the pool's input (same scale) is written and pooled by MAX_POOL_2D.
+                pooled = next((f.inputs[0] for f in graph.ops if f.kind == "maxpool" and f.output == op.output),
+                              None) if op.pool == 2 else None
+                w.operator("CONV_2D", [x, weight, bias], [activation_tensor(pooled or op.output)], "Conv2DOptions",
+                           options)
+                if pooled:
+                    pool = fb.Pool2DOptionsT()
+                    pool.padding = fb.Padding.VALID
+                    pool.strideH = pool.strideW = pool.filterHeight = pool.filterWidth = 2
+                    w.operator("MAX_POOL_2D", [pooled], [activation_tensor(op.output)], "Pool2DOptions", pool)
             else:
                 options = fb.FullyConnectedOptionsT()
                 options.fusedActivationFunction = _activation(fb, op)

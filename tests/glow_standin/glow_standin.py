@@ -162,7 +162,8 @@ def write_outputs(program: str, given: dict, positional: list[str], args: list[s
         for file_name, data in generate_sources(model, given["load-profile"], name).items():
             (out / file_name).write_bytes(data)
         compile_object(out, board, name)
-        (out / f"{name}.c").unlink()
+        for ours_only in (f"{name}.c", f"{name}.manifest.json"):  # Glow writes neither
+            (out / ours_only).unlink()
 
 
 if __name__ == "__main__":
