@@ -237,7 +237,8 @@ def test_every_section_is_present_in_both_files(smoke_build, page):
         assert any(h.startswith(title) for h in h2), f"section {title!r} missing from report.html: {h2}"
     assert h2 == re.findall(r"^## (.*)$", markdown.replace("`", ""), flags=re.MULTILINE)
     h3 = [text for tag, text in page.headings if tag == "h3"]
-    assert h3 == ["Confidence hardening", "Input-transformation voting and FGSM", "Engine parity"]
+    assert h3 == ["Confidence hardening", "Input-transformation voting and FGSM", "Engine parity",
+                  "The same int8 model in TensorFlow Lite"]
     # the Markdown links the very pictures the page embeds
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", markdown)
     embedded = [base64.b64decode(image["src"].split(",", 1)[1]) for image in page.images]
