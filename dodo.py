@@ -57,19 +57,31 @@ DOIT_CONFIG = {
     "backend": "sqlite3",
     "verbosity": 2,
     "reporter": RunSummaryReporter,
-    "default_tasks": ["dataset", "train", "export", "profile", "tune", "accuracy", "bundle", "image_inc", "main_c",
-                      "firmware", "emulate", "layer_profile", "zephyr", "mcux_sdk", "int8_predictions",
+    "default_tasks": ["dataset", "image_folders", "train", "export", "profile", "tune", "accuracy", "bundle",
+                      "image_inc", "main_c", "firmware", "emulate", "layer_profile", "zephyr", "mcux_sdk", "int8_predictions",
                       *EVALUATION_FILES, "tflite", "tflite_parity", "report"],
 }
 
 
+IMAGE_FOLDER_SETTINGS = ("images_per_class", "tuning_per_class")  # of [dataset]: only the image folders read them
+
+
 def task_dataset():
-    """Canonical dataset (train / held-out validation / test) plus the Glow image folders."""
+    """Canonical dataset: train / held-out validation / test arrays (cached)."""
     source_is_file = Path(SOURCE).is_file()
-    return step("model.dataset:build_dataset", inputs=[SOURCE] if source_is_file else [], outputs=LAYOUT.dataset,
+    return step("model.dataset:build_dataset", cached=True, inputs=[SOURCE] if source_is_file else [],
+                outputs=LAYOUT.dataset,
                 state={"fingerprint": "" if source_is_file else dataset.source_fingerprint(SOURCE)},
                 source=SOURCE, out_dir=LAYOUT.data, root=Path("."),
-                **{key: value for key, value in CONFIG["dataset"].items() if key != "source"})
+                **{key: value for key, value in CONFIG["dataset"].items()
+                   if key not in ("source", *IMAGE_FOLDER_SETTINGS)})
+
+
+def task_image_folders():
+    """The Glow tools' image folders (images/, dataset-tuning/), written from the held-out split."""
+    return step("model.dataset:write_image_folders", inputs=LAYOUT.split("val"), outputs=[LAYOUT.image_folders],
+                data_dir=LAYOUT.data, listing=LAYOUT.image_folders,
+                **{key: CONFIG["dataset"][key] for key in IMAGE_FOLDER_SETTINGS})
 
 
 def task_train():
@@ -92,7 +104,7 @@ def task_export():
 
 def task_profile():
     """profile.yml: float ranges of every tensor over the calibration images (Glow's format)."""
-    return step("int8.quantize:profile_stage", cached=True, inputs=[LAYOUT.onnx, LAYOUT.classes, LAYOUT.manifest],
+    return step("int8.quantize:profile_stage", cached=True, inputs=[LAYOUT.onnx, LAYOUT.classes, LAYOUT.image_folders],
                 outputs=[LAYOUT.profile], backend=BACKEND, onnx_path=LAYOUT.onnx, data_dir=LAYOUT.data,
                 out_path=LAYOUT.profile, per_class=QUANT["calibration_per_class"])
 
@@ -101,7 +113,7 @@ def task_tune():
     """profile_tuned.yml: Glow's model-tuner algorithm on the 300 tuning images, checked on held-out images
     (cached)."""
     return step("int8.quantize:tune_stage", cached=True,
-                inputs=[LAYOUT.onnx, LAYOUT.profile, LAYOUT.classes, LAYOUT.manifest], outputs=LAYOUT.tuning,
+                inputs=[LAYOUT.onnx, LAYOUT.profile, LAYOUT.classes, LAYOUT.image_folders], outputs=LAYOUT.tuning,
                 backend=BACKEND, onnx_path=LAYOUT.onnx, profile_path=LAYOUT.profile, data_dir=LAYOUT.data,
                 out_path=LAYOUT.tuned, target_accuracy=QUANT["target_accuracy"],
                 max_iterations=QUANT["max_iterations"], accuracy_drop=QUANT["accuracy_drop"],

@@ -1,6 +1,7 @@
 """How much the step cache saves: for each config, a cold build in a fresh clone with an empty cache, a no-op
-`doit` over the finished graph, and a build in a second fresh clone with the now warm cache (no retraining).
-Also checks that the warm build's artifacts are byte-identical to the cold one's.
+`doit` over the finished graph, and builds in other fresh clones with the now warm cache (no retraining;
+`--warm-runs N` of them, median printed). Also checks that the warm builds' artifacts are byte-identical to the
+cold one's, and prints each build's slowest tasks (from the run summary).
 
 With `--remote`, the cache is the remote tier: an nginx WebDAV server started on 127.0.0.1 for the run
 (PIPELINE_CACHE_URL); each clone has its own empty local cache folder, so the cold build publishes and the warm
@@ -9,12 +10,14 @@ one downloads. It also prints the volume uploaded and downloaded (request and re
   python benchmarks/cache_speedup.py                       # configs/smoke.toml and pipeline.toml
   python benchmarks/cache_speedup.py --config configs/smoke.toml --dataset-source /path/to/cifar
   python benchmarks/cache_speedup.py --config configs/smoke.toml --remote
+  python benchmarks/cache_speedup.py --config pipeline.toml --remote --warm-runs 3
 """
 import argparse
 import contextlib
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,36 +44,50 @@ def timed_doit(clone: Path, config: str, tasks: list[str], env: dict) -> tuple[f
     return elapsed, result.stdout
 
 
-def measure(config: str, tasks: list[str], env: dict, workdir: Path, server=None) -> dict:
-    """Cold, no-op and warm builds; with `server` (a tests/cache_servers.WebDav), through its remote tier."""
+def measure(config: str, tasks: list[str], env: dict, workdir: Path, server=None, warm_runs: int = 1) -> dict:
+    """Cold, no-op and `warm_runs` warm builds (each in its own fresh clone); with `server` (a
+    tests/cache_servers.WebDav), through its remote tier, each warm clone with its own empty local cache."""
     cold_env = dict(env, PIPELINE_CACHE_DIR=str(workdir / "cache"))
-    warm_env = cold_env
     if server is not None:
         url = server.url(f"cache/{workdir.name}")
         cold_env = dict(env, PIPELINE_CACHE_DIR=str(workdir / "cold-cache"), PIPELINE_CACHE_URL=url)
-        warm_env = dict(env, PIPELINE_CACHE_DIR=str(workdir / "warm-cache"), PIPELINE_CACHE_URL=url)
     cold_clone = provenance.clone_working_tree(REPO, workdir / "cold")
-    warm_clone = provenance.clone_working_tree(REPO, workdir / "warm")
     print(f"[{config}] cold build (empty cache) ...", file=sys.stderr, flush=True)
-    cold, _ = timed_doit(cold_clone, config, tasks, cold_env)
+    cold, cold_log = timed_doit(cold_clone, config, tasks, cold_env)
+    print(f"[{config}] cold {slowest(cold_log)}", file=sys.stderr)
     uploaded = server.transferred() if server is not None else (0, 0)
     print(f"[{config}] no-op build ...", file=sys.stderr, flush=True)
     noop, _ = timed_doit(cold_clone, config, tasks, cold_env)
-    print(f"[{config}] warm build (fresh clone, {'empty local cache, warm remote' if server else 'warm cache'}) ...",
-          file=sys.stderr, flush=True)
+    cold_files = provenance.artifact_digests(cold_clone / "build")
+    warm, differences = [], []
     before_warm = server.transferred() if server is not None else (0, 0)
-    warm, warm_log = timed_doit(warm_clone, config, tasks, warm_env)
+    for run in range(warm_runs):
+        print(f"[{config}] warm build {run + 1}/{warm_runs} (fresh clone, "
+              f"{'empty local cache, warm remote' if server else 'warm cache'}) ...", file=sys.stderr, flush=True)
+        warm_clone = provenance.clone_working_tree(REPO, workdir / f"warm-{run}")
+        warm_env = cold_env if server is None else dict(cold_env, PIPELINE_CACHE_DIR=str(workdir / f"warm-cache-{run}"))
+        seconds, warm_log = timed_doit(warm_clone, config, tasks, warm_env)
+        warm.append(seconds)
+        print(f"[{config}] warm {seconds:.1f} s, {slowest(warm_log)}", file=sys.stderr)
+        warm_files = provenance.artifact_digests(warm_clone / "build")
+        differences = provenance.tree_differences(cold_files, warm_files, names=("cold build", "warm build"))
+        for line in differences:
+            print(f"[{config}] {line}", file=sys.stderr)
+        if differences:
+            break
     after_warm = server.transferred() if server is not None else (0, 0)
-    warm_files = provenance.artifact_digests(warm_clone / "build")
-    differences = provenance.tree_differences(provenance.artifact_digests(cold_clone / "build"), warm_files,
-                                              names=("cold build", "warm build"))
-    for line in differences:
-        print(f"[{config}] {line}", file=sys.stderr)
     hits = sorted(re.findall(r"^(\w+): cache hit", warm_log, re.M))
-    return dict(config=config, cold=cold, warm=warm, noop=noop, files=len(warm_files), hits=",".join(hits) or "none",
+    return dict(config=config, cold=cold, warm=statistics.median(warm), warm_runs=warm, noop=noop,
+                files=len(warm_files), hits=",".join(hits) or "none",
                 identical="yes" if not differences else f"NO ({len(differences)} files)",
                 cold_up=uploaded[0], cold_down=uploaded[1],
-                warm_up=after_warm[0] - before_warm[0], warm_down=after_warm[1] - before_warm[1])
+                warm_up=(after_warm[0] - before_warm[0]) / len(warm),
+                warm_down=(after_warm[1] - before_warm[1]) / len(warm))
+
+
+def slowest(log: str) -> str:
+    """The run summary's line of the slowest tasks."""
+    return next((line.strip() for line in log.splitlines() if line.strip().startswith("slowest: ")), "")
 
 
 def main() -> int:
@@ -80,6 +97,8 @@ def main() -> int:
     parser.add_argument("--task", action="append", default=[], help="doit task(s) to run (default: doit's defaults)")
     parser.add_argument("--dataset-source", help="DATASET_SOURCE for the clones (default: $DATASET_SOURCE, else "
                         "what dataset.source='auto' finds from this checkout, since git-ignored data is not cloned)")
+    parser.add_argument("--warm-runs", type=int, default=1, help="warm builds, each in a fresh clone (the median "
+                        "is printed, and each run)")
     parser.add_argument("--keep", action="store_true", help="keep the temp clones and cache")
     parser.add_argument("--remote", action="store_true", help="go through a remote cache (nginx WebDAV on "
                         "127.0.0.1) with an empty local cache per clone; also prints the transferred volume")
@@ -97,7 +116,7 @@ def main() -> int:
         for config in args.config or ["configs/smoke.toml", "pipeline.toml"]:
             workdir = Path(tempfile.mkdtemp(prefix="cache-speedup-"))
             try:
-                rows.append(measure(config, args.task, env, workdir, server))
+                rows.append(measure(config, args.task, env, workdir, server, args.warm_runs))
             finally:
                 if args.keep:
                     print(f"kept {workdir}", file=sys.stderr)
@@ -110,8 +129,11 @@ def main() -> int:
     for row in rows:
         print(f"{row['config']:<22} {row['cold']:9.1f} {row['warm']:9.1f} {row['warm'] / row['cold']:10.3f} "
               f"{row['noop']:9.2f} {row['files']:6d}  {row['hits']:<12} {row['identical']}")
+        if len(row["warm_runs"]) > 1:
+            print(f"{'':<22} warm runs: {', '.join(f'{seconds:.1f} s' for seconds in row['warm_runs'])}")
     if args.remote:
-        print(f"\n{'config':<22} {'cold up MB':>11} {'cold down MB':>13} {'warm up MB':>11} {'warm down MB':>13}")
+        print(f"\n{'config':<22} {'cold up MB':>11} {'cold down MB':>13} {'warm up MB':>11} {'warm down MB':>13}"
+              "  (warm: per run)")
         for row in rows:
             print(f"{row['config']:<22} {row['cold_up'] / 1e6:11.3f} {row['cold_down'] / 1e6:13.3f} "
                   f"{row['warm_up'] / 1e6:11.3f} {row['warm_down'] / 1e6:13.3f}")

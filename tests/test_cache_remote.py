@@ -385,7 +385,7 @@ SMOKE = "config=configs/smoke.toml"
 
 
 @needs_nginx
-def test_second_clone_restores_training_and_tuning_from_the_remote(webdav, smoke_source, tmp_path):
+def test_second_clone_restores_dataset_training_and_tuning_from_the_remote(webdav, smoke_source, tmp_path):
     url = webdav.url("cache/clones")
     clones, logs = {}, {}
     for name in ("first", "second"):
@@ -393,10 +393,11 @@ def test_second_clone_restores_training_and_tuning_from_the_remote(webdav, smoke
         env = {**smoke_env(smoke_source, tmp_path / f"{name}-cache"), remote_cache.URL_ENV: url}
         result = run_doit(clones[name], SMOKE, "tune", env=env)
         logs[name] = result.stdout + result.stderr
-    assert sorted(re.findall(r"^(train|tune): cache miss", logs["first"], re.M)) == ["train", "tune"]
-    restored = re.findall(rf"^(train|tune): cache hit [0-9a-f]{{16}}, restored .* from {re.escape(url)}",
+    cached_steps = ["build_dataset", "export", "profile", "train", "tune"]  # every cached step up to tune
+    assert sorted(re.findall(r"^(\w+): cache miss", logs["first"], re.M)) == cached_steps
+    restored = re.findall(rf"^(\w+): cache hit [0-9a-f]{{16}}, restored .* from {re.escape(url)}",
                           logs["second"], re.M)
-    assert sorted(restored) == ["train", "tune"], logs["second"][-3000:]
+    assert sorted(restored) == cached_steps, logs["second"][-3000:]
     assert not re.search(r"epoch \d+/\d+|tuning profile", logs["second"]), "training or tuning ran in the 2nd clone"
     assert "not usable" not in logs["first"] + logs["second"]
 

@@ -10,7 +10,8 @@ from PIL import Image
 from conftest import CLASSES, make_image_folder
 from pipeline.model import dataset
 
-SMALL = dict(validation_per_class=4, images_per_class=2, tuning_per_class=1)
+SMALL = dict(validation_per_class=4)
+FOLDERS = dict(images_per_class=2, tuning_per_class=1)
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +21,10 @@ def folder(tmp_path_factory):
 
 def build(source, out, **kw):
     return dataset.build_dataset(str(source), out, root=out.parent, **{**SMALL, **kw})
+
+
+def image_folders(data_dir, **kw):
+    return dataset.write_image_folders(data_dir, data_dir / "image_folders.json", **{**FOLDERS, **kw})
 
 
 def test_image_folder_gives_disjoint_splits_and_glow_folders(folder, tmp_path):
@@ -32,6 +37,8 @@ def test_image_folder_gives_disjoint_splits_and_glow_folders(folder, tmp_path):
     assert train_x.shape == (40, 32, 32, 3) and train_x.dtype == np.uint8
     as_set = lambda xs: {x.tobytes() for x in xs}  # noqa: E731
     assert not as_set(train_x) & as_set(val_x) and not as_set(val_x) & as_set(test_x)
+    listed = image_folders(tmp_path / "data")
+    assert listed == json.loads((tmp_path / "data" / "image_folders.json").read_text())
     pngs = sorted((tmp_path / "data" / "images").rglob("*.png"))
     assert len(pngs) == 2 * 10 and pngs[0].parent.name == "airplane"
     # calibration images are validation images, byte for byte
@@ -90,7 +97,7 @@ def fake_official(path, per_class=6):
 def test_official_archive_is_read_in_its_layout(tmp_path, monkeypatch):
     archive = fake_official(tmp_path / dataset.OFFICIAL_NAME)
     monkeypatch.setattr(dataset, "OFFICIAL_MD5", dataset.md5sum(archive))
-    manifest = build(archive, tmp_path / "data", validation_per_class=2, images_per_class=1)
+    manifest = build(archive, tmp_path / "data", validation_per_class=2)
     assert manifest["counts"] == {"train": 40, "val": 20, "test": 20}
     images, labels = dataset.load_split(tmp_path / "data", "test")
     with tarfile.open(archive) as tar:
@@ -159,8 +166,11 @@ def test_missing_source_names_the_path(tmp_path):
 def test_too_few_images_to_hold_out(folder, tmp_path):
     with pytest.raises(dataset.DatasetError, match="validation_per_class = 8"):
         build(folder, tmp_path / "data", validation_per_class=8)
-    with pytest.raises(dataset.DatasetError, match="less than images_per_class"):
-        build(folder, tmp_path / "data", validation_per_class=2)
+    build(folder, tmp_path / "data", validation_per_class=2)
+    with pytest.raises(dataset.DatasetError, match=r"'airplane' has 2 held-out images, fewer than "
+                                                   r"dataset.images_per_class \+ dataset.tuning_per_class = 3"):
+        image_folders(tmp_path / "data")
+    assert not (tmp_path / "data" / "images").exists() and not (tmp_path / "data" / "image_folders.json").exists()
 
 
 def test_classes_json(folder, tmp_path):

@@ -31,9 +31,9 @@ def program_files(program: dict) -> set[Path]:
 
 def project_files(tree: Path, record: dict, targets: set[str]) -> set[str]:
     """What a task read of the project: source files (anything outside build/) and artifacts of the graph (the
-    targets of any task). A file of a dataset folder counts as the manifest that lists that folder's digest."""
-    manifest = tree / "build" / "data" / "manifest.json"
-    folders = json.loads(manifest.read_text())["folders"]
+    targets of any task). A file of an image folder counts as the listing that holds that folder's digest."""
+    listing = tree / "build" / "data" / "image_folders.json"
+    folders = json.loads(listing.read_text())
     read = {Path(p) for p in (*record["modules"], *record["opened"])}
     read |= {f for program in record["programs"] for f in program_files(program)}
     found = set()
@@ -43,7 +43,7 @@ def project_files(tree: Path, record: dict, targets: set[str]) -> set[str]:
             continue
         relative = path.relative_to(tree)
         if relative.parts[:2] == ("build", "data") and len(relative.parts) > 3 and relative.parts[2] in folders:
-            found.add(str(manifest.relative_to(tree)))
+            found.add(str(listing.relative_to(tree)))
         elif relative.parts[0] != "build" or str(relative) in targets:
             found.add(str(relative))
     return found

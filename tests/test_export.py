@@ -19,7 +19,7 @@ def inputs(small_dataset_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     data = root / "data"
     dataset.build_dataset(str(small_dataset_dir), data, root=root, validation_per_class=6, train_per_class=2,
-                          test_per_class=1, images_per_class=3, tuning_per_class=3)
+                          test_per_class=1)
     torch.manual_seed(0)
     model = CifarNet(tuple(CHANNELS)).eval()
     for module in model.modules():  # non-trivial BatchNorm statistics, so folding them is really exercised

@@ -44,3 +44,6 @@ def test_summary_names_what_ran_and_what_the_cache_restored(smoke_copy, smoke_bu
     assert "train: cache hit" in result.stdout
     assert listed(summary, "restored from the step cache") == {"train"}
     assert listed(summary, "ran") == {"report"}  # the restored .pth is byte-identical: nothing else reruns
+    total = float(re.match(r"run summary: (\d+\.\d) s", summary[0]).group(1))
+    timed = dict(re.fullmatch(r"(\S+) (\d+\.\d) s", entry).groups() for entry in listed(summary, "slowest"))
+    assert set(timed) == {"train", "report"} and all(0 <= float(seconds) <= total for seconds in timed.values())

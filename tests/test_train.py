@@ -16,7 +16,7 @@ RECIPE = dict(config.TRAINING_PRESETS["an13331"], epochs=3)
 def data_dir(small_dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
     dataset.build_dataset(str(small_dataset_dir), out, root=out, validation_per_class=20, train_per_class=30,
-                          test_per_class=10, images_per_class=5, tuning_per_class=5)
+                          test_per_class=10)
     return out
 
 

@@ -1,7 +1,8 @@
 """Where every artifact lives: one object per build and per board, so dodo.py, the report and the release all
 ask the same place instead of each re-deriving paths.
 
-    build/data/        the canonical dataset (manifest.json lists the SHA-256 of images/ and dataset-tuning/)
+    build/data/        the canonical dataset (arrays, classes.json, manifest.json) and the Glow tool folders
+                       images/, dataset-tuning/ (image_folders.json lists their SHA-256)
     build/model/       <name>.pth, metrics.json, training.png, <name>.onnx, export_check.json, test_data_set_0/
     build/quant/       profile.yml, profile_tuned.yml, tuning.json, accuracy.json, int8_val_predictions.npy
     build/reports/     one folder per evaluation
@@ -10,7 +11,8 @@ ask the same place instead of each re-deriving paths.
 from dataclasses import dataclass
 from pathlib import Path
 
-DATASET_ARRAYS = tuple(f"{split}_{kind}.npy" for split in ("train", "val", "test") for kind in ("images", "labels"))
+SPLITS = ("train", "val", "test")
+DATASET_ARRAYS = tuple(f"{split}_{kind}.npy" for split in SPLITS for kind in ("images", "labels"))
 # The vendor flows' ELF of a board, relative to build/<board>/, by step; the SDK flow's images are listed by
 # pipeline/firmware/vendor.py (mcux_sdk_targets) and summed up in mcux/mcux_sdk.json.
 VENDOR_ELFS = {"zephyr": "zephyr/zephyr/zephyr.elf"}
@@ -163,8 +165,13 @@ class Layout:
 
     @property
     def manifest(self) -> Path:
-        """Lists the SHA-256 of every dataset file, so it stands for images/ and dataset-tuning/ as a dependency."""
+        """Source, counts and the SHA-256 of every dataset file."""
         return self.data / "manifest.json"
+
+    @property
+    def image_folders(self) -> Path:
+        """Lists the SHA-256 of images/ and dataset-tuning/, so it stands for them as a dependency."""
+        return self.data / "image_folders.json"
 
     @property
     def dataset(self) -> list[Path]:

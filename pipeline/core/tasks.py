@@ -75,8 +75,10 @@ def step(target: str, *, inputs=(), outputs=(), cached: bool = False, skip: str 
     if cached:
         from pipeline.core.cache import cached_action
 
-        # Where the outputs go does not change what they hold: a renamed project still hits the cache.
-        settings = {key: value for key, value in plain(params).items() if value not in outputs}
+        # Where inputs and outputs are does not change what they hold (the inputs count by content): a renamed
+        # project or another dataset path still hits the cache. State decides the outputs too, so it counts.
+        settings = {key: value for key, value in plain({**params, **(state or {})}).items()
+                    if value not in outputs and value not in inputs}
         action = cached_action(cache_name(target), action, code_files=code, config_subset=settings,
                                input_files=inputs, libraries=list(imported_libraries(module, RUNNER)),
                                outputs=outputs)

@@ -1,5 +1,6 @@
 """Dataset stage: read CIFAR-10 (official pickled archive, or an image-folder tree / tar of PNG/JPEG) into a
-canonical, content-hashed form in build/data/, plus the Glow tool folders (images/, dataset-tuning/).
+canonical, content-hashed form in build/data/; then, from its held-out split, the Glow tool folders (images/,
+dataset-tuning/).
 
 Canonical form: {train,val,test}_images.npy (uint8 N x 32 x 32 x 3, RGB), {split}_labels.npy (int64),
 classes.json, manifest.json (source, counts, SHA-256 of every file). The validation split is held out of train
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.core import atomic
+from pipeline.core.layout import DATASET_ARRAYS, SPLITS
 from pipeline.core.provenance import content_sha256, file_sha256
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -27,8 +29,7 @@ OFFICIAL_NAME = "cifar-10-python.tar.gz"
 SHARED_JPEG = Path("..") / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SIDE = 32
-SPLITS = ("train", "val", "test")
-ARRAY_FILES = tuple(f"{s}_{kind}.npy" for s in SPLITS for kind in ("images", "labels"))
+IMAGE_FOLDERS = ("images", "dataset-tuning")  # what Glow's image-classifier and model-tuner read
 
 
 class DatasetError(ValueError):
@@ -252,13 +253,10 @@ def _write_pngs(folder: Path, images, labels, classes, per_class: int, csv_name:
 
 
 def build_dataset(source: str, out_dir, root, validation_per_class: int, train_per_class: int = 0,
-                  test_per_class: int = 0, images_per_class: int = 100, tuning_per_class: int = 30,
-                  seed: int = 0) -> dict:
+                  test_per_class: int = 0, seed: int = 0) -> dict:
+    """The canonical arrays of every split, classes.json and manifest.json (cached: restoring them is cheaper
+    than decoding the archive again)."""
     out_dir, root = Path(out_dir), Path(root)
-    if validation_per_class < images_per_class + tuning_per_class:
-        raise DatasetError(f"dataset.validation_per_class = {validation_per_class} is less than images_per_class + "
-                           f"tuning_per_class = {images_per_class + tuning_per_class}: the calibration and tuning "
-                           f"images are drawn from the held-out split; raise it")
     resolved = resolve_source(source, root)
     limits = {"train": train_per_class and train_per_class + validation_per_class, "test": test_per_class}
     splits, classes = read_source(resolved, root, limits)
@@ -269,21 +267,40 @@ def build_dataset(source: str, out_dir, root, validation_per_class: int, train_p
         atomic.save_npy(out_dir / f"{split}_images.npy", images)
         atomic.save_npy(out_dir / f"{split}_labels.npy", labels)
     atomic.write_text(out_dir / "classes.json", json.dumps(classes) + "\n")
-    _write_pngs(out_dir / "images", *val, classes, images_per_class, csv_name=None)
-    # Tuning images come after the calibration ones so the two sets do not overlap.
-    offset = np.concatenate([np.flatnonzero(val[1] == c)[images_per_class:] for c in range(len(classes))])
-    _write_pngs(out_dir / "dataset-tuning", val[0][offset], val[1][offset], classes, tuning_per_class,
-                csv_name="Labels.csv")
     described = resolved if resolved == "official" else Path(resolved).name
     manifest = {
         "source": described,
         "classes": classes,
         "counts": {s: int(len(arrays[s][1])) for s in SPLITS},
-        "files": {name: file_sha256(out_dir / name) for name in (*ARRAY_FILES, "classes.json")},
-        "folders": {name: content_sha256(out_dir / name) for name in ("images", "dataset-tuning")},
+        "files": {name: file_sha256(out_dir / name) for name in (*DATASET_ARRAYS, "classes.json")},
     }
     atomic.write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def write_image_folders(data_dir, listing, images_per_class: int, tuning_per_class: int) -> dict:
+    """The Glow tools' folders from the held-out split: images/<class>/NNNN.png (calibration, and the tuner's
+    held-out check) and dataset-tuning/ with Labels.csv, then `listing` (the SHA-256 of each folder, so one file
+    stands for them as a dependency). Derived from val_*.npy, so a restored dataset needs no archive."""
+    data_dir = Path(data_dir)
+    images, labels = load_split(data_dir, "val")
+    classes = load_classes(data_dir)
+    needed = images_per_class + tuning_per_class
+    held_out = np.bincount(labels, minlength=len(classes))
+    if held_out.min() < needed:
+        short = classes[int(held_out.argmin())]
+        raise DatasetError(f"{data_dir / 'val_labels.npy'}: class {short!r} has {int(held_out.min())} held-out "
+                           f"images, fewer than dataset.images_per_class + dataset.tuning_per_class = {needed}: "
+                           f"the calibration and tuning images are drawn from the held-out split; raise "
+                           f"dataset.validation_per_class or lower those two")
+    _write_pngs(data_dir / "images", images, labels, classes, images_per_class, csv_name=None)
+    # Tuning images come after the calibration ones so the two sets do not overlap.
+    offset = np.concatenate([np.flatnonzero(labels == c)[images_per_class:] for c in range(len(classes))])
+    _write_pngs(data_dir / "dataset-tuning", images[offset], labels[offset], classes, tuning_per_class,
+                csv_name="Labels.csv")
+    folders = {name: content_sha256(data_dir / name) for name in IMAGE_FOLDERS}
+    atomic.write_text(Path(listing), json.dumps(folders, indent=2, sort_keys=True) + "\n")
+    return folders
 
 
 def load_split(data_dir, split: str):
