@@ -7,7 +7,7 @@
  * 32 instructions for 32 MACs). */
 #include "nn_kernels.h"
 
-#define TILE_PIXELS 4
+#define TILE_PIXELS NN_CONV_TILE_PIXELS
 #define GROUP_STRIDE (4 * TILE_PIXELS) /* int16 from one group of a column to its next group */
 
 static inline int conv_row_length(const conv2d_s8_params *p)
@@ -15,47 +15,38 @@ static inline int conv_row_length(const conv2d_s8_params *p)
     return NN_ROW_LENGTH(p->kernel_h * p->kernel_w * p->in_c);
 }
 
-/* `count` values (a multiple of 4) of zeros into column `col` from value k on. */
-static inline void zero_groups(int16_t *col, int k, int count)
-{
-    for (int16_t *group = col + (k >> 2) * GROUP_STRIDE, *end = group + (count >> 2) * GROUP_STRIDE; group != end;
-         group += GROUP_STRIDE)
-        memset(group, 0, 4 * sizeof(int16_t));
-}
-
-/* The widened patch of conv output pixel (oy, ox) into column `col` (groups GROUP_STRIDE apart); padding and the
- * row's tail read as 0. A patch row's pixels inside the input are contiguous (NHWC), so each row is one run.
- * With a channel count that is not a multiple of 4, groups straddle pixels: the patch is then gathered as int8 in
- * `stage` (k_row bytes) and widened in one pass. Parameters are copied to locals: the int16 stores could
- * otherwise alias *p's fields. */
+/* The widened patch of conv output pixel (oy, ox) into column `col` (groups GROUP_STRIDE apart), in the weights'
+ * order: the whole groups of each patch row, then every row's remainder (kernel_w * in_c % 4 values) gathered in
+ * `stage` and widened behind them. A patch row is kernel_w * in_c contiguous values (NHWC): inside the input it is
+ * read in place, from any byte offset; a row crossing the padding is first assembled in `stage`, zeros outside.
+ * Parameters are copied to locals: the stores could otherwise alias *p's fields. */
 static void im2col_s16(const conv2d_s8_params *p, const int8_t *input, int oy, int ox, int16_t *col, int8_t *stage)
 {
     const int in_h = p->in_h, in_w = p->in_w, in_c = p->in_c, kernel_h = p->kernel_h, kernel_w = p->kernel_w;
     const int y0 = oy * p->stride_h - p->pad_top, x0 = ox * p->stride_w - p->pad_left;
-    const int k_row = conv_row_length(p), whole_groups = (in_c & 3) == 0;
-    /* inside pixels of a patch row: [first, last) */
+    const int row_values = kernel_w * in_c, whole = row_values & ~3, rest = row_values - whole;
+    /* inside pixels of a patch row: [left, right) */
     const int left = x0 < 0 ? (-x0 < kernel_w ? -x0 : kernel_w) : 0;
-    const int right = x0 + kernel_w > in_w ? in_w - x0 : kernel_w;
-    int k = 0;
-    for (int iy = y0; iy < y0 + kernel_h; iy++, k += kernel_w * in_c) {
-        const int first = iy < 0 || iy >= in_h ? kernel_w : left;
-        const int last = iy < 0 || iy >= in_h || right < first ? first : right;
-        const int start = first * in_c, end = last * in_c, row_end = kernel_w * in_c;
-        const int8_t *src = input + ((size_t)(iy < 0 ? 0 : iy) * in_w + x0 + first) * in_c;
-        if (whole_groups) {
-            zero_groups(col, k, start);
-            nn_widen_groups(src, col + ((k + start) >> 2) * GROUP_STRIDE, end - start, GROUP_STRIDE);
-            zero_groups(col, k + end, row_end - end);
+    const int right = x0 + kernel_w > in_w ? (in_w - x0 > left ? in_w - x0 : left) : kernel_w;
+    int8_t *const remainders = stage + row_values;
+    for (int r = 0, iy = y0; r < kernel_h; r++, iy++, col += (whole >> 2) * GROUP_STRIDE) {
+        const int inside = iy >= 0 && iy < in_h;
+        const int8_t *row = stage;
+        if (inside && left == 0 && right == kernel_w) {
+            row = input + ((size_t)iy * in_w + x0) * in_c;
         } else {
-            int j = 0;
-            for (; j < start; j++) stage[k + j] = 0;
-            for (; j < end; j++) stage[k + j] = src[j - start];
-            for (; j < row_end; j++) stage[k + j] = 0;
+            memset(stage, 0, (size_t)row_values);
+            if (inside)
+                memcpy(stage + left * in_c, input + ((size_t)iy * in_w + x0 + left) * in_c, (size_t)(right - left) * in_c);
         }
+        nn_widen_groups(row, col, whole, GROUP_STRIDE);
+        for (int j = 0; j < rest; j++) remainders[r * rest + j] = row[whole + j];
     }
-    if (whole_groups) return; /* k == k_row */
-    for (; k < k_row; k++) stage[k] = 0;
-    nn_widen_groups(stage, col, k_row, GROUP_STRIDE);
+    if (rest) {
+        const int gathered = kernel_h * rest, padded = NN_ROW_LENGTH(gathered);
+        for (int j = gathered; j < padded; j++) remainders[j] = 0;
+        nn_widen_groups(remainders, col, padded, GROUP_STRIDE);
+    }
 }
 
 /* Accumulators of the tile's 4 columns for the channel pair at w (pair-interleaved rows):
@@ -187,10 +178,9 @@ static void tile_outputs(const conv2d_s8_params *p, const int8_t *weights, const
 }
 
 void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *weights, const int32_t *bias,
-               int8_t *output, int16_t *scratch)
+               int8_t *output, int16_t *columns, int8_t *stage)
 {
     const int out_w = p->out_w, out_c = p->out_c, pixels = p->out_h * out_w, pooled = p->pool == 2;
-    int8_t *const stage = (int8_t *)(scratch + TILE_PIXELS * conv_row_length(p));
     /* A step: one pooled pixel (its 2x2 window), or 4 pixels in order (a short last step repeats its last one). */
     for (int first = 0; first < pixels; first += pooled ? 1 : TILE_PIXELS) {
         const int count = pooled ? TILE_PIXELS : (pixels - first < TILE_PIXELS ? pixels - first : TILE_PIXELS);
@@ -198,8 +188,8 @@ void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *wei
             const int q = first + (slot < count ? slot : count - 1);
             const int oy = pooled ? 2 * (first / out_w) + slot / 2 : q / out_w;
             const int ox = pooled ? 2 * (first % out_w) + slot % 2 : q % out_w;
-            im2col_s16(p, input, oy, ox, scratch + 4 * slot, stage);
+            im2col_s16(p, input, oy, ox, columns + 4 * slot, stage);
         }
-        tile_outputs(p, weights, bias, scratch, output + (size_t)first * out_c, count);
+        tile_outputs(p, weights, bias, columns, output + (size_t)first * out_c, count);
     }
 }

@@ -44,6 +44,25 @@ typedef struct {
 } fully_connected_s8_params;
 
 typedef struct {
+    uint16_t channels, height, width;
+    float inv_scale; /* 2^-exponent of the input's scale */
+} quantize_f32_s8_params;
+
+typedef struct {
+    uint32_t size;
+    float scale;
+} dequantize_s8_f32_params;
+
+typedef struct {
+    uint32_t size;
+    int8_t shift_a, shift_b, act_min; /* each input's shift to the output scale (nn_rescale) */
+} add_s8_params;
+
+typedef struct {
+    uint32_t size;
+} relu_s8_params, softmax_f32_params;
+
+typedef struct {
     uint16_t in_h, in_w, channels, out_h, out_w;
     uint8_t kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left;
 } max_pool_s8_params;
@@ -57,24 +76,29 @@ void nn_layer_mark(int layer);
 #define NN_LAYER_MARK(layer) ((void)0)
 #endif
 
+/* Output pixels per conv2d_s8 tile: the im2col columns it widens at once (pipeline/int8/ops.py sizes its scratch
+ * from this). */
+#define NN_CONV_TILE_PIXELS 4
+
 /* float NCHW -> int8 NHWC: round-half-even(x * inv_scale), saturated (Glow's quantize). */
-void quantize_f32_s8(const float *input, int8_t *output, int channels, int height, int width, float inv_scale);
+void quantize_f32_s8(const quantize_f32_s8_params *p, const float *input, int8_t *output);
 /* int8 -> float: q * scale. */
-void dequantize_s8_f32(const int8_t *input, float *output, int size, float scale);
-/* Scratch: four interleaved im2col columns of k_row int16, plus k_row bytes when in_c % 4 != 0 (bundle.py
- * _scratch_bytes). With pool == 2 each output
- * is requantize(max of the 2x2 window's accumulators): requantization is monotonic, so this equals pooling the
- * requantized conv output, and the pre-pool tensor is never stored. */
+void dequantize_s8_f32(const dequantize_s8_f32_params *p, const int8_t *input, float *output);
+/* Scratch, planned by the bundle (pipeline/int8/ops.py Conv): `columns`, NN_CONV_TILE_PIXELS interleaved im2col
+ * columns of k_row int16; `stage`, bytes for one patch row and the rows' remainders (patch rows are
+ * kernel_w * in_c values; their whole groups come first in a weight row, every row's remainder after them).
+ * With pool == 2 each output is requantize(max of the 2x2 window's accumulators): requantization is monotonic, so
+ * this equals pooling the requantized conv output, and the pre-pool tensor is never stored. */
 void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *weights, const int32_t *bias,
-               int8_t *output, int16_t *scratch);
+               int8_t *output, int16_t *columns, int8_t *stage);
 /* output[n] = requantize(bias[n] + sum_k input[k] * weights[n][k]); scratch: the input widened (k_row int16). */
 void fully_connected_s8(const fully_connected_s8_params *p, const int8_t *input, const int8_t *weights,
                         const int32_t *bias, int8_t *output, int16_t *scratch);
 void max_pool_s8(const max_pool_s8_params *p, const int8_t *input, int8_t *output);
 /* output = saturate(nn_rescale(a, shift_a) + nn_rescale(b, shift_b)). */
-void add_s8(const int8_t *a, const int8_t *b, int8_t *output, int size, int shift_a, int shift_b, int act_min);
-void relu_s8(const int8_t *input, int8_t *output, int size);
-void softmax_f32(const float *input, float *output, int size);
+void add_s8(const add_s8_params *p, const int8_t *a, const int8_t *b, int8_t *output);
+void relu_s8(const relu_s8_params *p, const int8_t *input, int8_t *output);
+void softmax_f32(const softmax_f32_params *p, const float *input, float *output);
 
 /* Rounding shift (Glow's libjit_scale_i32i8 for a power-of-2 ratio): right by `shift` adding 2^(shift-1),
  * or left by -shift. Shifts are clamped to stay defined in int32; saturated results are unchanged. */
