@@ -49,6 +49,39 @@ static void im2col_s16(const conv2d_s8_params *p, const int8_t *input, int oy, i
     }
 }
 
+/* One group of the tile (4 values of 2 weight rows x 4 columns): 32 instructions for 32 MACs. */
+#define TILE_GROUP_ASM \
+    "ldrd   %[ta], %[tb], [%[w]]\n\t" \
+    "sxtb16 %[ta], %[ta]\n\t" \
+    "sxtb16 %[tb], %[tb]\n\t" \
+    "ldr    %[x], [%[c]], #32\n\t" \
+    "smlad  %[a0], %[ta], %[x], %[a0]\n\t" \
+    "smlad  %[b0], %[tb], %[x], %[b0]\n\t" \
+    "ldr    %[x], [%[c], #-24]\n\t" \
+    "smlad  %[a1], %[ta], %[x], %[a1]\n\t" \
+    "smlad  %[b1], %[tb], %[x], %[b1]\n\t" \
+    "ldr    %[x], [%[c], #-16]\n\t" \
+    "smlad  %[a2], %[ta], %[x], %[a2]\n\t" \
+    "smlad  %[b2], %[tb], %[x], %[b2]\n\t" \
+    "ldr    %[x], [%[c], #-8]\n\t" \
+    "smlad  %[a3], %[ta], %[x], %[a3]\n\t" \
+    "smlad  %[b3], %[tb], %[x], %[b3]\n\t" \
+    "ldrd   %[ta], %[tb], [%[w]], #8\n\t" \
+    "sxtb16 %[ta], %[ta], ror #8\n\t" \
+    "sxtb16 %[tb], %[tb], ror #8\n\t" \
+    "ldr    %[x], [%[c], #-28]\n\t" \
+    "smlad  %[a0], %[ta], %[x], %[a0]\n\t" \
+    "smlad  %[b0], %[tb], %[x], %[b0]\n\t" \
+    "ldr    %[x], [%[c], #-20]\n\t" \
+    "smlad  %[a1], %[ta], %[x], %[a1]\n\t" \
+    "smlad  %[b1], %[tb], %[x], %[b1]\n\t" \
+    "ldr    %[x], [%[c], #-12]\n\t" \
+    "smlad  %[a2], %[ta], %[x], %[a2]\n\t" \
+    "smlad  %[b2], %[tb], %[x], %[b2]\n\t" \
+    "ldr    %[x], [%[c], #-4]\n\t" \
+    "smlad  %[a3], %[ta], %[x], %[a3]\n\t" \
+    "smlad  %[b3], %[tb], %[x], %[b3]\n\t"
+
 /* Accumulators of the tile's 4 columns for the channel pair at w (pair-interleaved rows):
  * s[0..3] for the first channel, s[4..7] for the second. */
 static inline __attribute__((always_inline)) void tile_2x4(const int8_t *w, const int16_t *cols, int groups,
@@ -75,38 +108,13 @@ static inline __attribute__((always_inline)) void tile_2x4(const int8_t *w, cons
      * 8 accumulators + 3 pointers + 3 temporaries use all 14 allocatable registers, so the weight words are
      * loaded twice (once per SXTB16 rotation) instead of being held. 32 instructions per 32 MACs. */
     int32_t ta, tb, x;
+    /* The loop does two groups (62 instructions per 64 MACs); an odd count enters at the second. */
     if (c != end)
-        __asm__("1:\n\t"
-                "ldrd   %[ta], %[tb], [%[w]]\n\t"
-                "sxtb16 %[ta], %[ta]\n\t"
-                "sxtb16 %[tb], %[tb]\n\t"
-                "ldr    %[x], [%[c]], #32\n\t"
-                "smlad  %[a0], %[ta], %[x], %[a0]\n\t"
-                "smlad  %[b0], %[tb], %[x], %[b0]\n\t"
-                "ldr    %[x], [%[c], #-24]\n\t"
-                "smlad  %[a1], %[ta], %[x], %[a1]\n\t"
-                "smlad  %[b1], %[tb], %[x], %[b1]\n\t"
-                "ldr    %[x], [%[c], #-16]\n\t"
-                "smlad  %[a2], %[ta], %[x], %[a2]\n\t"
-                "smlad  %[b2], %[tb], %[x], %[b2]\n\t"
-                "ldr    %[x], [%[c], #-8]\n\t"
-                "smlad  %[a3], %[ta], %[x], %[a3]\n\t"
-                "smlad  %[b3], %[tb], %[x], %[b3]\n\t"
-                "ldrd   %[ta], %[tb], [%[w]], #8\n\t"
-                "sxtb16 %[ta], %[ta], ror #8\n\t"
-                "sxtb16 %[tb], %[tb], ror #8\n\t"
-                "ldr    %[x], [%[c], #-28]\n\t"
-                "smlad  %[a0], %[ta], %[x], %[a0]\n\t"
-                "smlad  %[b0], %[tb], %[x], %[b0]\n\t"
-                "ldr    %[x], [%[c], #-20]\n\t"
-                "smlad  %[a1], %[ta], %[x], %[a1]\n\t"
-                "smlad  %[b1], %[tb], %[x], %[b1]\n\t"
-                "ldr    %[x], [%[c], #-12]\n\t"
-                "smlad  %[a2], %[ta], %[x], %[a2]\n\t"
-                "smlad  %[b2], %[tb], %[x], %[b2]\n\t"
-                "ldr    %[x], [%[c], #-4]\n\t"
-                "smlad  %[a3], %[ta], %[x], %[a3]\n\t"
-                "smlad  %[b3], %[tb], %[x], %[b3]\n\t"
+        __asm__("sub    %[x], %[end], %[c]\n\t"
+                "tst    %[x], #32\n\t" /* one group of the 4 columns is 32 bytes */
+                "bne    2f\n\t"
+                "1:\n\t" TILE_GROUP_ASM
+                "2:\n\t" TILE_GROUP_ASM
                 "cmp    %[c], %[end]\n\t"
                 "bne    1b"
                 : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [b0] "+r"(b0), [b1] "+r"(b1),
