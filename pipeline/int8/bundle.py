@@ -27,7 +27,7 @@ BASE_CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-ffunction-sections", "-f
 
 
 @functools.cache
-def _kernel_constants() -> dict[str, int]:
+def kernel_constants() -> dict[str, int]:
     """The integer #defines of nn_kernels.h (the C facts the operators' scratch rules use)."""
     text = (KERNELS_DIR / "nn_kernels.h").read_text()
     return {name: int(value) for name, value in re.findall(r"^#define (NN_\w+) (\d+)\b", text, re.MULTILINE)}
@@ -283,7 +283,7 @@ class _Emitter:
 
     def __init__(self, name: str, qm: int8_graph.QuantModel, plan: Plan):
         self.qm, self.plan, self.upper, self.shapes = qm, plan, name.upper(), qm.graph.shapes
-        self.constants = _kernel_constants()
+        self.constants = kernel_constants()
 
     def placeholder(self, tensor, ctype) -> str:
         return f"({ctype} *)(mutableWeight + {self.upper}_{c_identifier(tensor)})"
@@ -305,7 +305,7 @@ KERNEL_SOURCES = tuple(sorted(f"{op.function}.c" for op in OPS.values() if op.fu
 
 
 def _scratch_bytes(qm, op) -> int:
-    return OPS[op.kind].scratch_bytes(op, qm.graph.shapes, _kernel_constants())
+    return OPS[op.kind].scratch_bytes(op, qm.graph.shapes, kernel_constants())
 
 
 def render_source(name: str, qm: int8_graph.QuantModel, plan: Plan) -> str:
