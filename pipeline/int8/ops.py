@@ -71,13 +71,12 @@ def _padded(n: int) -> int:
 
 
 def kernel_weight_layout(weight: np.ndarray) -> np.ndarray:
-    """int8 weight rows (N, K) as the kernels read them (nn_kernels.h): rows zero-padded to a multiple of 4, then
-    in pairs with the two rows' groups of 4 interleaved; an odd last row alone. Returns the flat byte order."""
-    rows = np.zeros((weight.shape[0], _padded(weight.shape[1])), np.int8)
-    rows[:, :weight.shape[1]] = weight
-    paired = rows.shape[0] // 2 * 2
-    pairs = rows[:paired].reshape(paired // 2, 2, -1, GROUP).transpose(0, 2, 1, 3)
-    return np.concatenate([pairs.reshape(-1), rows[paired:].reshape(-1)])
+    """int8 weight rows (N, K) as the kernels read them (nn_kernels.h): rows zero-padded to a multiple of 4 and to
+    an even count (an odd last row gets a zero partner), then in pairs with the two rows' groups of 4 interleaved.
+    Returns the flat byte order."""
+    rows = np.zeros(((weight.shape[0] + 1) // 2 * 2, _padded(weight.shape[1])), np.int8)
+    rows[:weight.shape[0], :weight.shape[1]] = weight
+    return rows.reshape(rows.shape[0] // 2, 2, -1, GROUP).transpose(0, 2, 1, 3).reshape(-1)
 
 
 def _hex_float(value: float) -> str:

@@ -15,6 +15,37 @@ static inline int conv_row_length(const conv2d_s8_params *p)
     return NN_ROW_LENGTH(p->kernel_h * p->kernel_w * p->in_c);
 }
 
+/* n int8 values (n % 4 == 0, src at any byte offset) -> widened groups of a column, GROUP_STRIDE apart
+ * (nn_widen_groups). On the Arm targets in assembly, two groups per iteration: 5 instructions per group where
+ * GCC's loop takes 8 (it stores the two words separately and does not unroll). */
+static inline void widen_column(const int8_t *src, int16_t *dst, int n)
+{
+#if NN_USE_DSP && !defined(NN_ACLE_SHIM)
+    const int8_t *const end = src + n;
+    int32_t low, high;
+    if (n > 0) /* volatile: its only effect is the stores */
+        __asm__ volatile("tst    %[n], #4\n\t" /* an odd number of groups: enter at the second copy */
+                         "bne    2f\n\t"
+                         "1:\n\t"
+                         "ldr    %[low], [%[src]], #4\n\t"
+                         "sxtb16 %[high], %[low], ror #8\n\t"
+                         "sxtb16 %[low], %[low]\n\t"
+                         "strd   %[low], %[high], [%[dst]], #32\n\t" /* GROUP_STRIDE int16 */
+                         "2:\n\t"
+                         "ldr    %[low], [%[src]], #4\n\t"
+                         "sxtb16 %[high], %[low], ror #8\n\t"
+                         "sxtb16 %[low], %[low]\n\t"
+                         "strd   %[low], %[high], [%[dst]], #32\n\t"
+                         "cmp    %[src], %[end]\n\t"
+                         "bne    1b"
+                         : [src] "+r"(src), [dst] "+r"(dst), [low] "=&r"(low), [high] "=&r"(high)
+                         : [n] "r"(n), [end] "r"(end)
+                         : "cc", "memory");
+#else
+    nn_widen_groups(src, dst, n, GROUP_STRIDE);
+#endif
+}
+
 /* The widened patch of conv output pixel (oy, ox) into column `col` (groups GROUP_STRIDE apart), in the weights'
  * order: the whole groups of each patch row, then every row's remainder (kernel_w * in_c % 4 values) gathered in
  * `stage` and widened behind them. A patch row is kernel_w * in_c contiguous values (NHWC): inside the input it is
@@ -39,13 +70,13 @@ static void im2col_s16(const conv2d_s8_params *p, const int8_t *input, int oy, i
             if (inside)
                 memcpy(stage + left * in_c, input + ((size_t)iy * in_w + x0 + left) * in_c, (size_t)(right - left) * in_c);
         }
-        nn_widen_groups(row, col, whole, GROUP_STRIDE);
+        widen_column(row, col, whole);
         for (int j = 0; j < rest; j++) remainders[r * rest + j] = row[whole + j];
     }
     if (rest) {
         const int gathered = kernel_h * rest, padded = NN_ROW_LENGTH(gathered);
         for (int j = gathered; j < padded; j++) remainders[j] = 0;
-        nn_widen_groups(remainders, col, padded, GROUP_STRIDE);
+        widen_column(remainders, col, padded);
     }
 }
 
@@ -137,51 +168,58 @@ static inline int32_t max4(const int32_t *s)
     return m > n ? m : n;
 }
 
-/* Requantize `count` accumulators to outputs out_c apart. Out of line: left shifts are rare (an output scale finer
- * than the accumulator's), and inlining them at every store would cost flash for nothing. */
-static __attribute__((noinline, cold)) void store_general(const int32_t *s, int8_t *out, int count, int out_c,
+/* Requantize `count` accumulators to outputs `step` bytes apart. Out of line: shifts outside 1..24 are rare (left
+ * shifts: an output scale finer than the accumulator's), and inlining them at every store would cost flash. */
+static __attribute__((noinline, cold)) void store_general(const int32_t *s, int8_t *out, int count, int step,
                                                           int shift, int act_min)
 {
-    for (int pixel = 0; pixel < count; pixel++) out[(size_t)pixel * out_c] = nn_requantize(s[pixel], shift, act_min);
+    for (int pixel = 0; pixel < count; pixel++) out[pixel * step] = nn_requantize(s[pixel], shift, act_min);
 }
 
-/* One channel's results of a tile: with the pool the max of the 4 accumulators, requantized once (exact:
- * requantization is monotonic); else `count` pixels, out_c apart. rshift = min(shift, 31) - 1 for a right shift
- * (the usual case, inlined), else -1. */
-static inline void store_channel(const int32_t *s, int8_t *out, int count, int pooled, int out_c, int shift,
-                                 int rshift, int act_min)
+/* Requantize with the rounding 2^(shift-1) already in the accumulator (added to the bias): one shift, then the
+ * clamp to [act_min, 127], one SSAT on DSP cores. */
+static inline int8_t requantize_rounded(int32_t acc, int shift, int act_min)
 {
-    if (pooled) {
-        const int32_t top = max4(s);
-        if (rshift < 0)
-            store_general(&top, out, 1, out_c, shift, act_min);
-        else
-            *out = nn_requantize_right(top, rshift, act_min);
-    } else if (rshift < 0) {
-        store_general(s, out, count, out_c, shift, act_min);
-    } else {
-        for (int pixel = 0; pixel < count; pixel++)
-            out[(size_t)pixel * out_c] = nn_requantize_right(s[pixel], rshift, act_min);
-    }
+    int32_t value = acc >> shift;
+#if NN_USE_DSP
+    value = __ssat(value, 8);
+#else
+    value = value > 127 ? 127 : value < -128 ? -128 : value;
+#endif
+    return (int8_t)(value < act_min ? act_min : value);
 }
 
 static void tile_outputs(const conv2d_s8_params *p, const int8_t *weights, const int32_t *bias,
                          const int16_t *cols, int8_t *out, int count)
 {
     const int out_c = p->out_c, k_row = conv_row_length(p), groups = k_row / 4, shift = p->out_shift;
-    const int act_min = p->act_min, pooled = p->pool == 2, rshift = shift > 0 ? (shift > 31 ? 31 : shift) - 1 : -1;
+    const int act_min = p->act_min, pooled = p->pool == 2;
+    /* Shifts 1..24 fold their rounding into the bias: 2^23 at most, which could overflow int32 only with more than
+     * 65,000 products of 128 x 128 on top of the largest bias (2^30). */
+    const int rounded = shift >= 1 && shift <= 24;
+    const int32_t rounding = rounded ? (int32_t)1 << (shift - 1) : 0;
     int32_t s[2 * TILE_PIXELS];
-    int oc = 0;
-    for (const int8_t *w = weights; oc + 1 < out_c; oc += 2, w += 2 * k_row) {
-        tile_2x4(w, cols, groups, bias[oc], bias[oc + 1], s);
-        store_channel(s, out + oc, count, pooled, out_c, shift, rshift, act_min);
-        store_channel(s + TILE_PIXELS, out + oc + 1, count, pooled, out_c, shift, rshift, act_min);
-    }
-    if (oc < out_c) { /* the odd last row, stored alone */
-        for (int pixel = 0; pixel < TILE_PIXELS; pixel++)
-            s[pixel] = nn_row_dot(weights + (size_t)oc * k_row, 4, cols + 4 * pixel, GROUP_STRIDE, groups,
-                                  bias[oc]);
-        store_channel(s, out + oc, count, pooled, out_c, shift, rshift, act_min);
+    int8_t sink; /* the second channel of the last pair when out_c is odd (its weight row is zeros) */
+    for (int oc = 0; oc < out_c; oc += 2, weights += 2 * k_row) {
+        const int second = oc + 1 < out_c;
+        int8_t *const out2 = second ? out + oc + 1 : &sink;
+        const int step2 = second ? out_c : 0;
+        tile_2x4(weights, cols, groups, bias[oc] + rounding, (second ? bias[oc + 1] : 0) + rounding, s);
+        if (pooled) { /* requantize(max of the window's 4 accumulators): exact, requantization is monotonic */
+            s[0] = max4(s), s[TILE_PIXELS] = max4(s + TILE_PIXELS);
+        }
+        if (!rounded) {
+            store_general(s, out + oc, pooled ? 1 : count, out_c, shift, act_min);
+            store_general(s + TILE_PIXELS, out2, pooled ? 1 : count, step2, shift, act_min);
+        } else if (pooled) {
+            out[oc] = requantize_rounded(s[0], shift, act_min);
+            *out2 = requantize_rounded(s[TILE_PIXELS], shift, act_min);
+        } else {
+            for (int pixel = 0; pixel < count; pixel++) {
+                out[oc + pixel * out_c] = requantize_rounded(s[pixel], shift, act_min);
+                out2[pixel * step2] = requantize_rounded(s[TILE_PIXELS + pixel], shift, act_min);
+            }
+        }
     }
 }
 

@@ -4,7 +4,8 @@
  * Layouts shared by the DSP and the portable paths (pipeline/int8/bundle.py writes the weights):
  * - weight rows (conv: kernel_h * kernel_w * in_c values in (kh, kw, c) order; fc: in_size values) are
  *   zero-padded to a multiple of 4 (k_row) and read 4 at a time ("groups"); rows are stored in pairs, the two
- *   rows' groups interleaved (row 2j group g, row 2j+1 group g, row 2j group g+1, ...), an odd last row alone.
+ *   rows' groups interleaved (row 2j group g, row 2j+1 group g, row 2j group g+1, ...); an odd last row is paired
+ *   with a row of zeros.
  * - an int8 group (x0, x1, x2, x3) is widened to int16 as (x0, x2, x1, x3): SXTB16 of the word and of the word
  *   rotated by 8 give exactly those pairs, so widening needs no re-interleaving, and SXTB16 of a weight word and
  *   of it rotated by 8 give the matching weight pairs (w0, w2), (w1, w3) for SMLAD. */
