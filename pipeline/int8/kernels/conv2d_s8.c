@@ -73,11 +73,7 @@ static void im2col_s16(const conv2d_s8_params *p, const int8_t *input, int oy, i
         widen_column(row, col, whole);
         for (int j = 0; j < rest; j++) remainders[r * rest + j] = row[whole + j];
     }
-    if (rest) {
-        const int gathered = kernel_h * rest, padded = NN_ROW_LENGTH(gathered);
-        for (int j = gathered; j < padded; j++) remainders[j] = 0;
-        widen_column(remainders, col, padded);
-    }
+    widen_column(remainders, col, NN_ROW_LENGTH(kernel_h * rest)); /* conv2d_s8 zeroed their padding */
 }
 
 /* One group of the tile (4 values of 2 weight rows x 4 columns): 32 instructions for 32 MACs. */
@@ -227,6 +223,9 @@ void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *wei
                int8_t *output, int16_t *columns, int8_t *stage)
 {
     const int out_w = p->out_w, out_c = p->out_c, pixels = p->out_h * out_w, pooled = p->pool == 2;
+    const int row_values = p->kernel_w * p->in_c;
+    /* The remainders' padding to whole groups, zeroed once: the patches write only the remainders themselves. */
+    memset(stage + row_values, 0, (size_t)NN_ROW_LENGTH(p->kernel_h * (row_values & 3)));
     /* A step: one pooled pixel (its 2x2 window), or 4 pixels in order (a short last step repeats its last one). */
     for (int first = 0; first < pixels; first += pooled ? 1 : TILE_PIXELS) {
         const int count = pooled ? TILE_PIXELS : (pixels - first < TILE_PIXELS ? pixels - first : TILE_PIXELS);
