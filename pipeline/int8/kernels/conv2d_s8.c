@@ -1,10 +1,11 @@
 /* 2-D convolution, int8 NHWC input/output, int32 bias at the accumulator scale, with an optional fused 2x2
- * stride-2 max pool. Weights: rows in (kh, kw, c) order in the pair-interleaved layout of nn_kernels.h.
+ * stride-2 max pool. Weights: rows in the pair-interleaved layout of nn_kernels.h, each row holding every patch
+ * row's whole groups ((kw, c) order), then all patch rows' remainders (pipeline/int8/ops.py Conv.k_order).
  * Work goes in tiles of 4 output pixels (with the pool: the 4 pixels of one pooling window), whose patches are
  * first widened to int16 im2col columns; the 4 columns are interleaved group by group in the scratch, so one
  * pointer with constant offsets reads all of them. Per tile, 2 output channels x 4 pixels are accumulated at
- * once (DSP path: per 4 values, 2 weight-pair loads + 4 SXTB16 + 8 column loads + 16 SMLAD + 2 for the loop:
- * 32 instructions for 32 MACs). */
+ * once (DSP path: per 4 values, 2 weight-pair loads + 4 SXTB16 + 8 column loads + 16 SMLAD: 30 instructions for
+ * 32 MACs, plus 2 for the loop every second group). */
 #include "nn_kernels.h"
 
 #define TILE_PIXELS NN_CONV_TILE_PIXELS
