@@ -175,7 +175,7 @@ static __attribute__((noinline, cold)) void store_general(const int32_t *s, int8
 
 /* Requantize with the rounding 2^(shift-1) already in the accumulator (added to the bias): one shift, then the
  * clamp to [act_min, 127], one SSAT on DSP cores. */
-static inline int8_t requantize_rounded(int32_t acc, int shift, int act_min)
+static inline int32_t requantize_rounded(int32_t acc, int shift, int act_min)
 {
     int32_t value = acc >> shift;
 #if NN_USE_DSP
@@ -183,7 +183,7 @@ static inline int8_t requantize_rounded(int32_t acc, int shift, int act_min)
 #else
     value = value > 127 ? 127 : value < -128 ? -128 : value;
 #endif
-    return (int8_t)(value < act_min ? act_min : value);
+    return value < act_min ? act_min : value; /* int32: the byte store truncates, no sign extension needed */
 }
 
 static void tile_outputs(const conv2d_s8_params *p, const int8_t *weights, const int32_t *bias,
