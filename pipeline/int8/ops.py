@@ -177,16 +177,20 @@ class Conv(_WithWeights):
         rows = np.arange(op.kernel[0] * row).reshape(op.kernel[0], row)
         return np.concatenate([rows[:, :whole].reshape(-1), rows[:, whole:].reshape(-1)])
 
+    @staticmethod
+    def _column_bytes(op, constants) -> int:
+        """The int16 im2col columns of one tile, at the start of the scratch."""
+        return constants["NN_CONV_TILE_PIXELS"] * _padded(op.weight.shape[1]) * 2
+
     def scratch_bytes(self, op, shapes, constants):
-        # int16 im2col columns of the tile, then the byte stage: one patch row (a row crossing the padding is
-        # assembled there) and the rows' remainders
+        # the columns, then the byte stage: one patch row (a row crossing the padding is assembled there) and the
+        # rows' remainders
         row, whole = self._patch_row(op, shapes)
-        columns = constants["NN_CONV_TILE_PIXELS"] * _padded(op.weight.shape[1]) * 2
-        return columns + row + _padded(op.kernel[0] * (row - whole))
+        return self._column_bytes(op, constants) + row + _padded(op.kernel[0] * (row - whole))
 
     def emit(self, e, i, op):
         (ih, iw, ic), (oh, ow, oc) = e.shapes[op.inputs[0]], e.shapes[op.output]
-        columns = e.constants["NN_CONV_TILE_PIXELS"] * _padded(op.weight.shape[1]) * 2
+        columns = self._column_bytes(op, e.constants)
         return (_params("conv2d_s8_params", i, ih, iw, ic, oh, ow, oc, *op.kernel, *op.stride, op.pads[0],
                         op.pads[1], op.shift, op.act_min, op.pool),
                 f"conv2d_s8(&op{i}_params, {e.buf(op.inputs[0])}, {e.const(i, 'weight', 'int8_t')}, "
