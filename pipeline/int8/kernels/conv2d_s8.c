@@ -69,7 +69,8 @@ static void im2col_s16(const conv2d_s8_params *p, const int8_t *input, int oy, i
         } else {
             memset(stage, 0, (size_t)row_values);
             if (inside)
-                memcpy(stage + left * in_c, input + ((size_t)iy * in_w + x0 + left) * in_c, (size_t)(right - left) * in_c);
+                memcpy(stage + left * in_c, input + ((size_t)iy * in_w + x0 + left) * in_c,
+                       (size_t)(right - left) * in_c);
         }
         widen_column(row, col, whole);
         for (int j = 0; j < rest; j++) remainders[r * rest + j] = row[whole + j];
