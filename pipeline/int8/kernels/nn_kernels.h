@@ -126,19 +126,6 @@ static inline int8_t nn_saturate(int32_t value, int32_t act_min)
     return (int8_t)value;
 }
 
-/* nn_requantize for a right shift (shift_minus_1 = min(shift, 31) - 1 >= 0), the usual case: the accumulator's
- * scale is finer than the output's. On DSP cores the clamp to int8 is one SSAT. */
-static inline int8_t nn_requantize_right(int32_t acc, int32_t shift_minus_1, int32_t act_min)
-{
-    int32_t value = ((acc >> shift_minus_1) + 1) >> 1;
-#if NN_USE_DSP
-    value = __ssat(value, 8);
-#else
-    value = value > 127 ? 127 : value < -128 ? -128 : value;
-#endif
-    return (int8_t)(value < act_min ? act_min : value);
-}
-
 /* An int32 accumulator back to int8: rounding shift, then clamp to [act_min, 127] (act_min 0 = fused ReLU). */
 static inline int8_t nn_requantize(int32_t acc, int32_t shift, int32_t act_min)
 {
@@ -166,8 +153,6 @@ static inline int32_t nn_read_s32(const void *p)
     memcpy(&v, p, 4); /* unaligned-safe; one LDR on Cortex-M7/M33 */
     return v;
 }
-
-static inline void nn_write_s32(void *p, int32_t v) { memcpy(p, &v, 4); }
 #endif /* NN_USE_DSP */
 
 /* Rows and im2col columns are zero-padded to a multiple of 4 values. */
