@@ -6,6 +6,7 @@ Quantization follows Glow: int8, offset 0, scale 2**exp with exp = ceil(log2(sym
 scale_in * scale_w, every rescale a rounding shift, Relu fused into the producing Conv/Gemm/Add with the Relu's
 own range, MaxPool/Flatten keeping their input's parameters.
 """
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,8 @@ import numpy as np
 from pipeline.int8.ops import (INT8_MAX, INT8_MIN, OPS, UnsupportedOpError, im2col, quantize_array,  # noqa: F401
                                requantize)
 
-SUPPORTED_OPS = ("Conv", "Relu", "MaxPool", "Gemm", "MatMul", "Add", "Flatten", "Reshape", "Softmax")
+OPS_BY_ONNX_TYPE = {onnx_type: op for op in OPS.values() for onnx_type in op.onnx_types}
+SUPPORTED_OPS = tuple(OPS_BY_ONNX_TYPE)
 # Glow limits int32 bias to int30 so that bias - offset cannot overflow (Base.cpp getQuantizedRange).
 BIAS_MIN, BIAS_MAX = -(2**31) >> 2, (2**31 - 1) >> 2
 BATCH = 64  # images per NumPy step: bounds the im2col memory
@@ -85,66 +87,13 @@ def load_graph(onnx_path) -> Graph:
         if node.op_type == "Constant":
             consts[node.output[0]] = numpy_helper.to_array(a["value"]).astype(np.float32)
             continue
-        if node.op_type not in SUPPORTED_OPS:
+        if node.op_type not in OPS_BY_ONNX_TYPE:
             raise _unsupported(onnx_path, node, f"operator {node.op_type}")
-        if node.op_type == "Conv":
-            if a.get("group", 1) != 1 or any(d != 1 for d in a.get("dilations", [1, 1])) or \
-                    a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-                raise _unsupported(onnx_path, node, "grouped, dilated or auto-padded Conv")
-            w = consts[node.input[1]]
-            bias = consts[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0], np.float32)
-            p = a.get("pads", [0, 0, 0, 0])
-            op = FloatOp("conv", name, (node.input[0],), node.output[0], w.transpose(0, 2, 3, 1).copy(), bias,
-                         tuple(w.shape[2:]), tuple(a.get("strides", [1, 1])), (p[0], p[1], p[2], p[3]))
-        elif node.op_type == "MaxPool":
-            if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1, 1])) or len(node.output) > 1:
-                raise _unsupported(onnx_path, node, "ceil_mode, dilation or indices output of MaxPool")
-            p = a.get("pads", [0, 0, 0, 0])
-            k = tuple(a["kernel_shape"])
-            op = FloatOp("maxpool", name, (node.input[0],), node.output[0], kernel=k,
-                         stride=tuple(a.get("strides", [1, 1])), pads=(p[0], p[1], p[2], p[3]))
-        elif node.op_type == "Gemm":
-            if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
-                raise _unsupported(onnx_path, node, "transA, alpha or beta other than the defaults")
-            b = consts[node.input[1]]
-            w = b if a.get("transB", 0) else b.T
-            bias = consts[node.input[2]].reshape(-1) if len(node.input) > 2 and node.input[2] else \
-                np.zeros(w.shape[0], np.float32)
-            op = FloatOp("fc", name, (node.input[0],), node.output[0], np.ascontiguousarray(w), bias)
-        elif node.op_type == "MatMul":
-            if node.input[1] not in consts:
-                raise _unsupported(onnx_path, node, "MatMul of two activations")
-            w = consts[node.input[1]].T
-            op = FloatOp("fc", name, (node.input[0],), node.output[0], np.ascontiguousarray(w),
-                         np.zeros(w.shape[0], np.float32))
-        elif node.op_type == "Add":
-            const = [i for i in node.input if i in consts]
-            if const:
-                # MatMul + Add(bias) as exported for Linear layers: fold the constant into the matmul's bias.
-                other = [i for i in node.input if i not in consts][0]
-                prev = producers.get(other)
-                if prev is None or prev.kind != "fc" or not np.all(prev.bias == 0):
-                    raise _unsupported(onnx_path, node, "Add of a constant (other than a MatMul bias)")
-                prev.bias = prev.bias + consts[const[0]].reshape(-1)
-                prev.output, prev.node = node.output[0], name
-                producers[node.output[0]] = prev
-                continue
-            op = FloatOp("add", name, tuple(node.input), node.output[0])
-        elif node.op_type == "Relu":
-            op = FloatOp("relu", name, (node.input[0],), node.output[0])
-        elif node.op_type == "Flatten":
-            if a.get("axis", 1) != 1:
-                raise _unsupported(onnx_path, node, "Flatten with axis other than 1")
-            op = FloatOp("flatten", name, (node.input[0],), node.output[0])
-        elif node.op_type == "Reshape":
-            shape = consts.get(node.input[1])
-            if shape is None or len(shape) != 2 or shape[0] not in (0, 1, -1):
-                raise _unsupported(onnx_path, node, "Reshape other than flattening to (batch, features)")
-            op = FloatOp("flatten", name, (node.input[0],), node.output[0])
-        else:  # Softmax
-            if a.get("axis", -1) not in (-1, 1):
-                raise _unsupported(onnx_path, node, "Softmax over an axis other than the last")
-            op = FloatOp("softmax", name, (node.input[0],), node.output[0])
+        definition = OPS_BY_ONNX_TYPE[node.op_type]
+        op = definition.from_onnx(node, a, consts, producers, functools.partial(_unsupported, onnx_path, node),
+                                  functools.partial(FloatOp, definition.kind, name))
+        if op is None:
+            continue
         ops.append(op)
         producers[op.output] = op
     graph = Graph(inputs[0].name, dims, model.graph.output[0].name, ops)

@@ -1,5 +1,5 @@
 """One definition per operator kind of the built-in backend: shape inference, the float reference, the int8 NumPy
-reference (bit-exact with the C), MACs, the weight layout and scratch rule of its C kernel, and the C it emits (the
+reference (bit-exact with the C), its import from ONNX, MACs, the weight layout and scratch rule of its C kernel, and the C it emits (the
 params struct and the call). Adding an operator is adding a class here (and its kernels/<function>.c).
 
 `op` below is a graph.FloatOp (shape inference, float reference) or a graph.QuantOp (the rest); `shapes` maps a
@@ -92,6 +92,13 @@ class Operator:
     """The defaults: an element-wise op (output shape = input shape), no MACs, no weights, no scratch."""
     kind = ""
     function = None  # its C kernel, kernels/<function>.c; None: no call (the output aliases its input)
+    onnx_types = ()  # the ONNX operators it is imported from
+
+    def from_onnx(self, node, attrs, consts, producers, fail, make):
+        """The graph.FloatOp of ONNX `node` (one of onnx_types), or None when the node folds into an earlier op.
+        `fail(what)` is the UnsupportedOpError naming the node; `make(inputs, output, **fields)` builds the FloatOp
+        of this kind; `producers` maps a tensor to the FloatOp that writes it."""
+        return make((node.input[0],), node.output[0])
 
     def output_shape(self, op, shapes, onnx_path) -> tuple:
         return shapes[op.inputs[0]]
@@ -142,7 +149,17 @@ class _WithWeights(Operator):
 
 
 class Conv(_WithWeights):
-    kind, function = "conv", "conv2d_s8"
+    kind, function, onnx_types = "conv", "conv2d_s8", ("Conv",)
+
+    def from_onnx(self, node, attrs, consts, producers, fail, make):
+        if attrs.get("group", 1) != 1 or any(d != 1 for d in attrs.get("dilations", [1, 1])) or \
+                attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise fail("grouped, dilated or auto-padded Conv")
+        w = consts[node.input[1]]
+        bias = consts[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0], np.float32)
+        return make((node.input[0],), node.output[0], weight=w.transpose(0, 2, 3, 1).copy(), bias=bias,
+                    kernel=tuple(w.shape[2:]), stride=tuple(attrs.get("strides", [1, 1])),
+                    pads=tuple(attrs.get("pads", [0, 0, 0, 0])[:4]))
 
     def output_shape(self, op, shapes, onnx_path):
         s = shapes[op.inputs[0]]
@@ -199,7 +216,22 @@ class Conv(_WithWeights):
 
 
 class FullyConnected(_WithWeights):
-    kind, function = "fc", "fully_connected_s8"
+    kind, function, onnx_types = "fc", "fully_connected_s8", ("Gemm", "MatMul")
+
+    def from_onnx(self, node, attrs, consts, producers, fail, make):
+        if node.op_type == "MatMul":
+            if node.input[1] not in consts:
+                raise fail("MatMul of two activations")
+            w = consts[node.input[1]].T
+            return make((node.input[0],), node.output[0], weight=np.ascontiguousarray(w),
+                        bias=np.zeros(w.shape[0], np.float32))
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            raise fail("transA, alpha or beta other than the defaults")
+        b = consts[node.input[1]]
+        w = b if attrs.get("transB", 0) else b.T
+        bias = consts[node.input[2]].reshape(-1) if len(node.input) > 2 and node.input[2] else \
+            np.zeros(w.shape[0], np.float32)
+        return make((node.input[0],), node.output[0], weight=np.ascontiguousarray(w), bias=bias)
 
     def output_shape(self, op, shapes, onnx_path):
         s = shapes[op.inputs[0]]
@@ -232,7 +264,13 @@ def _window_output(s, op) -> tuple[int, int]:
 
 
 class MaxPool(Operator):
-    kind, function = "maxpool", "max_pool_s8"
+    kind, function, onnx_types = "maxpool", "max_pool_s8", ("MaxPool",)
+
+    def from_onnx(self, node, attrs, consts, producers, fail, make):
+        if attrs.get("ceil_mode", 0) or any(d != 1 for d in attrs.get("dilations", [1, 1])) or len(node.output) > 1:
+            raise fail("ceil_mode, dilation or indices output of MaxPool")
+        return make((node.input[0],), node.output[0], kernel=tuple(attrs["kernel_shape"]),
+                    stride=tuple(attrs.get("strides", [1, 1])), pads=tuple(attrs.get("pads", [0, 0, 0, 0])[:4]))
 
     def output_shape(self, op, shapes, onnx_path):
         s = shapes[op.inputs[0]]
@@ -251,7 +289,7 @@ class MaxPool(Operator):
 
 
 class Relu(Operator):
-    kind, function = "relu", "relu_s8"
+    kind, function, onnx_types = "relu", "relu_s8", ("Relu",)
 
     def run_float(self, op, xs):
         return np.maximum(xs[0], 0)
@@ -264,7 +302,15 @@ class Relu(Operator):
 
 
 class Flatten(Operator):
-    kind = "flatten"
+    kind, onnx_types = "flatten", ("Flatten", "Reshape")
+
+    def from_onnx(self, node, attrs, consts, producers, fail, make):
+        if node.op_type == "Flatten" and attrs.get("axis", 1) != 1:
+            raise fail("Flatten with axis other than 1")
+        shape = consts.get(node.input[1]) if node.op_type == "Reshape" else None
+        if node.op_type == "Reshape" and (shape is None or len(shape) != 2 or shape[0] not in (0, 1, -1)):
+            raise fail("Reshape other than flattening to (batch, features)")
+        return make((node.input[0],), node.output[0])
 
     def output_shape(self, op, shapes, onnx_path):
         return (int(np.prod(shapes[op.inputs[0]])),)
@@ -277,7 +323,20 @@ class Flatten(Operator):
 
 
 class Add(Operator):
-    kind, function = "add", "add_s8"
+    kind, function, onnx_types = "add", "add_s8", ("Add",)
+
+    def from_onnx(self, node, attrs, consts, producers, fail, make):
+        const = [i for i in node.input if i in consts]
+        if not const:
+            return make(tuple(node.input), node.output[0])
+        # MatMul + Add(bias) as exported for Linear layers: fold the constant into the matmul's bias.
+        prev = producers.get([i for i in node.input if i not in consts][0])
+        if prev is None or prev.kind != "fc" or not np.all(prev.bias == 0):
+            raise fail("Add of a constant (other than a MatMul bias)")
+        prev.bias = prev.bias + consts[const[0]].reshape(-1)
+        prev.output, prev.node = node.output[0], node.name or node.output[0]
+        producers[node.output[0]] = prev
+        return None
 
     def output_shape(self, op, shapes, onnx_path):
         a, b = (shapes[t] for t in op.inputs)
@@ -310,7 +369,12 @@ class Dequantize(Operator):
 
 
 class Softmax(Operator):
-    kind, function = "softmax", "softmax_f32"
+    kind, function, onnx_types = "softmax", "softmax_f32", ("Softmax",)
+
+    def from_onnx(self, node, attrs, consts, producers, fail, make):
+        if attrs.get("axis", -1) not in (-1, 1):
+            raise fail("Softmax over an axis other than the last")
+        return make((node.input[0],), node.output[0])
 
     def run_float(self, op, xs):
         return softmax(xs[0])
