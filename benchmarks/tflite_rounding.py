@@ -15,7 +15,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from pipeline.evaluations import tflite_parity  # noqa: E402
-from pipeline.int8 import graph as int8_graph  # noqa: E402
+from pipeline.int8 import graph as int8_graph, ops  # noqa: E402
 from pipeline.int8.tflite import load_quantized  # noqa: E402
 from pipeline.model.dataset import load_split  # noqa: E402
 from pipeline.model.shapes import to_input  # noqa: E402
@@ -34,12 +34,12 @@ def main() -> None:
     outputs = {"tflm": tflite_parity.tflm_outputs(data, inputs, tflite_parity.tflm_arena_size(data, inputs[:1])),
                "litert_reference_kernels": tflite_parity.litert_outputs(data, inputs, reference_kernels=True),
                "numpy_int8 (Glow rounding)": int8_graph.run_int8(qm, x)}
-    glow_rounding = int8_graph.requantize
-    int8_graph.requantize = tflite_parity.tflite_requantize  # the same graph, TensorFlow Lite's rounding
+    glow_rounding = ops.requantize  # what the conv and fc references call
+    ops.requantize = tflite_parity.tflite_requantize  # the same graph, TensorFlow Lite's rounding
     try:
         outputs["numpy_int8 (TFLite rounding)"] = int8_graph.run_int8(qm, x)
     finally:
-        int8_graph.requantize = glow_rounding
+        ops.requantize = glow_rounding
     names = list(outputs)
     print(f"{len(x)} test images; images whose outputs differ in any element:")
     for i, a in enumerate(names):

@@ -58,11 +58,11 @@ def test_quantize_rounds_half_to_even_and_saturates():
 
 
 def test_kernel_weight_layout_pairs_rows_and_pads():
-    from pipeline.int8.bundle import kernel_weight_layout
+    from pipeline.int8.ops import kernel_weight_layout
 
-    rows = np.arange(1, 16, dtype=np.int8).reshape(3, 5)  # rows 1..5, 6..10, 11..15: padded to 8 with zeros
-    assert kernel_weight_layout(rows).tolist() == [1, 2, 3, 4, 6, 7, 8, 9, 5, 0, 0, 0, 10, 0, 0, 0,
-                                                   11, 12, 13, 14, 15, 0, 0, 0]
+    rows = np.arange(1, 16, dtype=np.int8).reshape(3, 5)  # rows 1..5, 6..10, 11..15: padded to 8 with zeros,
+    assert kernel_weight_layout(rows).tolist() == [1, 2, 3, 4, 6, 7, 8, 9, 5, 0, 0, 0, 10, 0, 0, 0,  # the odd last
+                                                   11, 12, 13, 14, 0, 0, 0, 0, 15, 0, 0, 0, 0, 0, 0, 0]  # with zeros
 
 
 def _single_op_model(path, op_type):

@@ -3,17 +3,18 @@ cifar.weights.bin/.txt, cifar.o per board), plus a host build of the same C to m
 
 Glow's memory model: `constantWeight` holds weights (cifar.weights.bin), `mutableWeight` the float input and
 output placeholders at <NAME>_<placeholder> offsets, `activations` the scratch, planned by liveness."""
+import functools
 import json
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Callable
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.int8 import graph as int8_graph
+from pipeline.int8.ops import OPS
 from pipeline import ROOT
 from pipeline.core.atomic import atomic_dir, write_bytes
 from pipeline.int8.profile import read_profile
@@ -25,16 +26,19 @@ KERNELS_DIR = ROOT / RESOURCES[0]
 BASE_CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-ffunction-sections", "-fdata-sections"]
 
 
+@functools.cache
+def kernel_constants() -> dict[str, int]:
+    """The integer #defines of nn_kernels.h (the C facts the operators' scratch rules use)."""
+    text = (KERNELS_DIR / "nn_kernels.h").read_text()
+    return {name: int(value) for name, value in re.findall(r"^#define (NN_\w+) (\d+)\b", text, re.MULTILINE)}
+
+
 def _align(n: int) -> int:
     return (n + MEM_ALIGN - 1) // MEM_ALIGN * MEM_ALIGN
 
 
 def c_identifier(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_]", "_", name)
-
-
-def _hex_float(value: float) -> str:
-    return float(value).hex() + "f"
 
 
 @dataclass
@@ -52,21 +56,6 @@ class Plan:
 
 def _tensor_bytes(qm, tensor) -> int:
     return int(np.prod(qm.graph.shapes[tensor]))
-
-
-def _row_length(op) -> int:
-    """Weight rows (and the int16 columns they meet) are zero-padded to a multiple of 4 (NN_ROW_LENGTH)."""
-    return (op.weight.shape[1] + 3) // 4 * 4
-
-
-def kernel_weight_layout(weight: np.ndarray) -> np.ndarray:
-    """int8 weight rows (N, K) as the kernels read them (nn_kernels.h): rows zero-padded to a multiple of 4, then
-    in pairs with the two rows' groups of 4 interleaved; an odd last row alone. Returns the flat byte order."""
-    rows = np.zeros((weight.shape[0], (weight.shape[1] + 3) // 4 * 4), np.int8)
-    rows[:, :weight.shape[1]] = weight
-    paired = rows.shape[0] // 2 * 2
-    pairs = rows[:paired].reshape(paired // 2, 2, -1, 4).transpose(0, 2, 1, 3)
-    return np.concatenate([pairs.reshape(-1), rows[paired:].reshape(-1)])
 
 
 def conv_in_place_safe(qm: int8_graph.QuantModel, op) -> bool:
@@ -98,9 +87,9 @@ def plan_memory(qm: int8_graph.QuantModel) -> Plan:
     dies with it writes over that input when conv_in_place_safe). The plan is checked by check_plan."""
     constant, const_offsets = bytearray(), {}
     for i, op in enumerate(qm.ops):
-        if op.kind in ("conv", "fc"):
-            for part, data in (("weight", kernel_weight_layout(op.weight).tobytes()),
-                               ("bias", op.bias.astype("<i4").tobytes())):
+        weights = OPS[op.kind].weight_bytes(op, qm.graph.shapes)
+        if weights is not None:
+            for part, data in (("weight", weights), ("bias", op.bias.astype("<i4").tobytes())):
                 const_offsets[(i, part)] = len(constant)
                 constant += data + bytes(_align(len(data)) - len(data))
     graph = qm.graph
@@ -111,7 +100,7 @@ def plan_memory(qm: int8_graph.QuantModel) -> Plan:
     for i, op in enumerate(qm.ops):
         allocated = [a for a in allocated if a[3] >= i]
         wanted = []
-        if op.kind not in ("flatten",) and op.output != graph.output_name:
+        if OPS[op.kind].function and op.output != graph.output_name:
             wanted.append((op.output, _buffer_bytes(qm, op), last_use.get(op.output, i)))
         scratch = _scratch_bytes(qm, op)
         if scratch:
@@ -148,7 +137,7 @@ def _buffers(qm: int8_graph.QuantModel) -> tuple[dict, dict]:
     """(tensor -> the buffer it lives in: Flatten aliases its input; buffer -> index of the last op reading it)."""
     base = {}
     for op in qm.ops:
-        base[op.output] = base.get(op.inputs[0], op.inputs[0]) if op.kind == "flatten" else op.output
+        base[op.output] = op.output if OPS[op.kind].function else base.get(op.inputs[0], op.inputs[0])
     last_use = {}
     for i, op in enumerate(qm.ops):
         for t in op.inputs:
@@ -264,10 +253,10 @@ def render_header(name: str, qm: int8_graph.QuantModel, plan: Plan) -> str:
 
 def layers(qm: int8_graph.QuantModel) -> list[dict]:
     """The bundle's kernel calls in order (layer k is the k-th call, the index NN_LAYER_MARK reports)."""
-    calls = [(i, op) for i, op in enumerate(qm.ops) if op.kind in KERNELS]
-    return [{"layer": k, "kernel": KERNELS[op.kind].function, "node": op.node, "output": op.output,
-             "shape": list(qm.graph.shapes.get(op.output, ())), "macs": KERNELS[op.kind].macs(qm, op),
-             "fused_pool": op.pool == 2} for k, (_, op) in enumerate(calls)]
+    calls = [op for op in qm.ops if OPS[op.kind].function]
+    return [{"layer": k, "kernel": OPS[op.kind].function, "node": op.node, "output": op.output,
+             "shape": list(qm.graph.shapes.get(op.output, ())), "macs": OPS[op.kind].macs(op, qm.graph.shapes),
+             "fused_pool": op.pool == 2} for k, op in enumerate(calls)]
 
 
 def render_manifest(name: str, qm: int8_graph.QuantModel, plan: Plan, layer_profile: bool = False) -> str:
@@ -294,14 +283,16 @@ class _Emitter:
 
     def __init__(self, name: str, qm: int8_graph.QuantModel, plan: Plan):
         self.qm, self.plan, self.upper, self.shapes = qm, plan, name.upper(), qm.graph.shapes
+        self.constants = kernel_constants()
 
     def placeholder(self, tensor, ctype) -> str:
         return f"({ctype} *)(mutableWeight + {self.upper}_{c_identifier(tensor)})"
 
-    def buf(self, tensor, ctype="int8_t") -> str:
+    def buf(self, tensor, ctype="int8_t", offset=0) -> str:
+        """The buffer of `tensor` (or a ("scratch", op index) key), from `offset` bytes in."""
         if tensor == self.qm.graph.output_name:
             return self.placeholder(tensor, ctype)
-        return f"({ctype} *)(activations + {self.plan.activation_offsets[tensor]})"
+        return f"({ctype} *)(activations + {self.plan.activation_offsets[tensor] + offset})"
 
     def const(self, i, part, ctype) -> str:
         return f"(const {ctype} *)(constantWeight + {self.plan.constant_offsets[(i, part)]})"
@@ -310,102 +301,19 @@ class _Emitter:
         return _tensor_bytes(self.qm, tensor)
 
 
-def _quantize_call(e: _Emitter, i, op):
-    _, c, h, w = e.qm.graph.input_shape
-    src = e.placeholder(e.qm.graph.input_name, "const float")
-    return None, f"quantize_f32_s8({src}, {e.buf(op.output)}, {c}, {h}, {w}, {_hex_float(2.0 ** -op.out_exp)});"
-
-
-def _conv_call(e: _Emitter, i, op):
-    (ih, iw, ic), (oh, ow, oc) = e.shapes[op.inputs[0]], e.shapes[op.output]
-    params = (f"static const conv2d_s8_params op{i}_params = {{{ih}, {iw}, {ic}, {oh}, {ow}, {oc}, {op.kernel[0]}, "
-              f"{op.kernel[1]}, {op.stride[0]}, {op.stride[1]}, {op.pads[0]}, {op.pads[1]}, {op.shift}, {op.act_min}, "
-              f"{op.pool}}};")
-    return params, (f"conv2d_s8(&op{i}_params, {e.buf(op.inputs[0])}, {e.const(i, 'weight', 'int8_t')}, "
-                    f"{e.const(i, 'bias', 'int32_t')}, {e.buf(op.output)}, {e.buf(('scratch', i), 'int16_t')});")
-
-
-def _fc_call(e: _Emitter, i, op):
-    params = (f"static const fully_connected_s8_params op{i}_params = {{{op.weight.shape[1]}, {op.weight.shape[0]}, "
-              f"{op.shift}, {op.act_min}}};")
-    return params, (f"fully_connected_s8(&op{i}_params, {e.buf(op.inputs[0])}, {e.const(i, 'weight', 'int8_t')}, "
-                    f"{e.const(i, 'bias', 'int32_t')}, {e.buf(op.output)}, {e.buf(('scratch', i), 'int16_t')});")
-
-
-def _maxpool_call(e: _Emitter, i, op):
-    (ih, iw, ic), (oh, ow, _) = e.shapes[op.inputs[0]], e.shapes[op.output]
-    params = (f"static const max_pool_s8_params op{i}_params = {{{ih}, {iw}, {ic}, {oh}, {ow}, {op.kernel[0]}, "
-              f"{op.kernel[1]}, {op.stride[0]}, {op.stride[1]}, {op.pads[0]}, {op.pads[1]}}};")
-    return params, f"max_pool_s8(&op{i}_params, {e.buf(op.inputs[0])}, {e.buf(op.output)});"
-
-
-def _relu_call(e: _Emitter, i, op):
-    return None, f"relu_s8({e.buf(op.inputs[0])}, {e.buf(op.output)}, {e.size(op.output)});"
-
-
-def _add_call(e: _Emitter, i, op):
-    return None, (f"add_s8({e.buf(op.inputs[0])}, {e.buf(op.inputs[1])}, {e.buf(op.output)}, {e.size(op.output)}, "
-                  f"{op.input_shifts[0]}, {op.input_shifts[1]}, {op.act_min});")
-
-
-def _dequantize_call(e: _Emitter, i, op):
-    return None, (f"dequantize_s8_f32({e.buf(op.inputs[0])}, {e.buf(op.output, 'float')}, {e.size(op.inputs[0])}, "
-                  f"{_hex_float(2.0 ** op.out_exp)});")
-
-
-def _softmax_call(e: _Emitter, i, op):
-    return None, f"softmax_f32({e.buf(op.inputs[0], 'float')}, {e.buf(op.output, 'float')}, {e.size(op.output)});"
-
-
-def _conv_scratch(qm, op) -> int:
-    # four int16 im2col columns (conv2d_s8.c TILE_PIXELS), and an int8 patch row when groups straddle pixels
-    in_channels = qm.graph.shapes[op.inputs[0]][2]
-    return 4 * 2 * _row_length(op) + (_row_length(op) if in_channels % 4 else 0)
-
-
-def _conv_macs(qm, op) -> int:
-    oh, ow, out_c = qm.graph.shapes[op.output]  # every conv output pixel, also those a fused pool reduces
-    return oh * op.pool * ow * op.pool * out_c * op.weight.shape[1]
-
-
-def _none(qm, op) -> int:
-    return 0
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """What the bundle knows of one op kind: its C function (kernels/<function>.c), the call it emits
-    (emitter, op index, op) -> (static params line or None, call), its scratch bytes and its MACs."""
-    function: str
-    call: Callable
-    scratch: Callable = _none
-    macs: Callable = _none
-
-
-KERNELS = {  # flatten has no kernel: its output aliases its input
-    "quantize": Kernel("quantize_f32_s8", _quantize_call),
-    "conv": Kernel("conv2d_s8", _conv_call, _conv_scratch, _conv_macs),
-    "fc": Kernel("fully_connected_s8", _fc_call, lambda qm, op: 2 * _row_length(op),  # the input widened to int16
-                 lambda qm, op: int(op.weight.size)),
-    "maxpool": Kernel("max_pool_s8", _maxpool_call),
-    "relu": Kernel("relu_s8", _relu_call),
-    "add": Kernel("add_s8", _add_call),
-    "dequantize": Kernel("dequantize_s8_f32", _dequantize_call),
-    "softmax": Kernel("softmax_f32", _softmax_call),
-}
-KERNEL_SOURCES = tuple(sorted(f"{k.function}.c" for k in KERNELS.values()))
+KERNEL_SOURCES = tuple(sorted(f"{op.function}.c" for op in OPS.values() if op.function))
 
 
 def _scratch_bytes(qm, op) -> int:
-    return KERNELS[op.kind].scratch(qm, op) if op.kind in KERNELS else 0
+    return OPS[op.kind].scratch_bytes(op, qm.graph.shapes, kernel_constants())
 
 
 def render_source(name: str, qm: int8_graph.QuantModel, plan: Plan) -> str:
     """The bundle's C: one kernel call per quantized op, buffers at their planned offsets."""
     emitter, params, calls = _Emitter(name, qm, plan), [], []
-    for layer, (i, op) in enumerate((i, op) for i, op in enumerate(qm.ops) if op.kind in KERNELS):
-        param, call = KERNELS[op.kind].call(emitter, i, op)
-        params += [param] if param else []
+    for layer, (i, op) in enumerate((i, op) for i, op in enumerate(qm.ops) if OPS[op.kind].function):
+        param, call = OPS[op.kind].emit(emitter, i, op)
+        params.append(param)
         calls += [f"    /* {op.kind} {op.node} -> {op.output} (scale 2^{op.out_exp}) */", f"    {call}",
                   f"    NN_LAYER_MARK({layer});"]
     return "\n".join([

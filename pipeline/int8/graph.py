@@ -6,23 +6,21 @@ Quantization follows Glow: int8, offset 0, scale 2**exp with exp = ceil(log2(sym
 scale_in * scale_w, every rescale a rounding shift, Relu fused into the producing Conv/Gemm/Add with the Relu's
 own range, MaxPool/Flatten keeping their input's parameters.
 """
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.model.evaluation import softmax
+from pipeline.int8.ops import (INT8_MAX, INT8_MIN, OPS, UnsupportedOpError, im2col, quantize_array,  # noqa: F401
+                               requantize)
 
-SUPPORTED_OPS = ("Conv", "Relu", "MaxPool", "Gemm", "MatMul", "Add", "Flatten", "Reshape", "Softmax")
-INT8_MIN, INT8_MAX = -128, 127
+OPS_BY_ONNX_TYPE = {onnx_type: op for op in OPS.values() for onnx_type in op.onnx_types}
+SUPPORTED_OPS = tuple(OPS_BY_ONNX_TYPE)
 # Glow limits int32 bias to int30 so that bias - offset cannot overflow (Base.cpp getQuantizedRange).
 BIAS_MIN, BIAS_MAX = -(2**31) >> 2, (2**31 - 1) >> 2
 BATCH = 64  # images per NumPy step: bounds the im2col memory
-
-
-class UnsupportedOpError(ValueError):
-    """The model uses an operator (or attribute) the built-in backend does not compile."""
 
 
 @dataclass
@@ -89,66 +87,13 @@ def load_graph(onnx_path) -> Graph:
         if node.op_type == "Constant":
             consts[node.output[0]] = numpy_helper.to_array(a["value"]).astype(np.float32)
             continue
-        if node.op_type not in SUPPORTED_OPS:
+        if node.op_type not in OPS_BY_ONNX_TYPE:
             raise _unsupported(onnx_path, node, f"operator {node.op_type}")
-        if node.op_type == "Conv":
-            if a.get("group", 1) != 1 or any(d != 1 for d in a.get("dilations", [1, 1])) or \
-                    a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-                raise _unsupported(onnx_path, node, "grouped, dilated or auto-padded Conv")
-            w = consts[node.input[1]]
-            bias = consts[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0], np.float32)
-            p = a.get("pads", [0, 0, 0, 0])
-            op = FloatOp("conv", name, (node.input[0],), node.output[0], w.transpose(0, 2, 3, 1).copy(), bias,
-                         tuple(w.shape[2:]), tuple(a.get("strides", [1, 1])), (p[0], p[1], p[2], p[3]))
-        elif node.op_type == "MaxPool":
-            if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1, 1])) or len(node.output) > 1:
-                raise _unsupported(onnx_path, node, "ceil_mode, dilation or indices output of MaxPool")
-            p = a.get("pads", [0, 0, 0, 0])
-            k = tuple(a["kernel_shape"])
-            op = FloatOp("maxpool", name, (node.input[0],), node.output[0], kernel=k,
-                         stride=tuple(a.get("strides", [1, 1])), pads=(p[0], p[1], p[2], p[3]))
-        elif node.op_type == "Gemm":
-            if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
-                raise _unsupported(onnx_path, node, "transA, alpha or beta other than the defaults")
-            b = consts[node.input[1]]
-            w = b if a.get("transB", 0) else b.T
-            bias = consts[node.input[2]].reshape(-1) if len(node.input) > 2 and node.input[2] else \
-                np.zeros(w.shape[0], np.float32)
-            op = FloatOp("fc", name, (node.input[0],), node.output[0], np.ascontiguousarray(w), bias)
-        elif node.op_type == "MatMul":
-            if node.input[1] not in consts:
-                raise _unsupported(onnx_path, node, "MatMul of two activations")
-            w = consts[node.input[1]].T
-            op = FloatOp("fc", name, (node.input[0],), node.output[0], np.ascontiguousarray(w),
-                         np.zeros(w.shape[0], np.float32))
-        elif node.op_type == "Add":
-            const = [i for i in node.input if i in consts]
-            if const:
-                # MatMul + Add(bias) as exported for Linear layers: fold the constant into the matmul's bias.
-                other = [i for i in node.input if i not in consts][0]
-                prev = producers.get(other)
-                if prev is None or prev.kind != "fc" or not np.all(prev.bias == 0):
-                    raise _unsupported(onnx_path, node, "Add of a constant (other than a MatMul bias)")
-                prev.bias = prev.bias + consts[const[0]].reshape(-1)
-                prev.output, prev.node = node.output[0], name
-                producers[node.output[0]] = prev
-                continue
-            op = FloatOp("add", name, tuple(node.input), node.output[0])
-        elif node.op_type == "Relu":
-            op = FloatOp("relu", name, (node.input[0],), node.output[0])
-        elif node.op_type == "Flatten":
-            if a.get("axis", 1) != 1:
-                raise _unsupported(onnx_path, node, "Flatten with axis other than 1")
-            op = FloatOp("flatten", name, (node.input[0],), node.output[0])
-        elif node.op_type == "Reshape":
-            shape = consts.get(node.input[1])
-            if shape is None or len(shape) != 2 or shape[0] not in (0, 1, -1):
-                raise _unsupported(onnx_path, node, "Reshape other than flattening to (batch, features)")
-            op = FloatOp("flatten", name, (node.input[0],), node.output[0])
-        else:  # Softmax
-            if a.get("axis", -1) not in (-1, 1):
-                raise _unsupported(onnx_path, node, "Softmax over an axis other than the last")
-            op = FloatOp("softmax", name, (node.input[0],), node.output[0])
+        definition = OPS_BY_ONNX_TYPE[node.op_type]
+        op = definition.from_onnx(node, a, consts, producers, functools.partial(_unsupported, onnx_path, node),
+                                  functools.partial(FloatOp, definition.kind, name))
+        if op is None:
+            continue
         ops.append(op)
         producers[op.output] = op
     graph = Graph(inputs[0].name, dims, model.graph.output[0].name, ops)
@@ -160,53 +105,15 @@ def _infer_shapes(graph: Graph, onnx_path) -> dict:
     _, c, h, w = graph.input_shape
     shapes = {graph.input_name: (h, w, c)}
     for op in graph.ops:
-        s = shapes[op.inputs[0]]
-        if op.kind in ("conv", "maxpool"):
-            oh = (s[0] + op.pads[0] + op.pads[2] - op.kernel[0]) // op.stride[0] + 1
-            ow = (s[1] + op.pads[1] + op.pads[3] - op.kernel[1]) // op.stride[1] + 1
-            shapes[op.output] = (oh, ow, op.weight.shape[0] if op.kind == "conv" else s[2])
-            if op.kind == "conv" and op.weight.shape[3] != s[2]:
-                raise ValueError(f"{onnx_path}: node {op.node!r} expects {op.weight.shape[3]} channels, gets {s[2]}")
-        elif op.kind == "flatten":
-            shapes[op.output] = (int(np.prod(s)),)
-        elif op.kind == "fc":
-            if len(s) != 1 or op.weight.shape[1] != s[0]:
-                raise ValueError(f"{onnx_path}: node {op.node!r} expects {op.weight.shape[1]} features, gets {s}")
-            shapes[op.output] = (op.weight.shape[0],)
-        else:
-            if op.kind == "add" and shapes[op.inputs[1]] != s:
-                raise UnsupportedOpError(f"{onnx_path}: Add node {op.node!r} broadcasts {s} with "
-                                         f"{shapes[op.inputs[1]]}; only same-shape Add is supported")
-            shapes[op.output] = s
+        shapes[op.output] = OPS[op.kind].output_shape(op, shapes, onnx_path)
     return shapes
 
 
-# ---------------------------------------------------------------- shared array helpers
-def im2col(x: np.ndarray, kernel, stride, pads, pad_value) -> np.ndarray:
-    """NHWC -> (N, OH, OW, kh*kw*C) patches in (kh, kw, C) order, the order of the C kernels and weights."""
-    kh, kw = kernel
-    x = np.pad(x, ((0, 0), (pads[0], pads[2]), (pads[1], pads[3]), (0, 0)), constant_values=pad_value)
-    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::stride[0], ::stride[1]]
-    n, oh, ow = win.shape[:3]
-    return win.transpose(0, 1, 2, 4, 5, 3).reshape(n, oh, ow, -1)
-
-
-def _max_pool(x, kernel, stride, pads, pad_value):
-    patches = im2col(x, kernel, stride, pads, pad_value)
-    n, oh, ow, _ = patches.shape
-    return patches.reshape(n, oh, ow, kernel[0] * kernel[1], x.shape[3]).max(axis=3)
-
-
-def _flatten_logical(x):
-    """NHWC -> ONNX Flatten order (C, H, W)."""
-    return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1) if x.ndim == 4 else x
-
-
+# ---------------------------------------------------------------- float reference
 def _to_onnx_layout(x):
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
 
 
-# ---------------------------------------------------------------- float reference
 def run_float(graph: Graph, x_nchw: np.ndarray, keep_all: bool = False):
     """Float32 forward pass. Returns the output (ONNX layout), or with keep_all a dict of every tensor
     (activations NHWC / flat in ONNX order): the calibration source."""
@@ -214,22 +121,7 @@ def run_float(graph: Graph, x_nchw: np.ndarray, keep_all: bool = False):
     for start in range(0, len(x_nchw), BATCH):
         t = {graph.input_name: np.ascontiguousarray(x_nchw[start:start + BATCH].transpose(0, 2, 3, 1), np.float32)}
         for op in graph.ops:
-            x = t[op.inputs[0]]
-            if op.kind == "conv":
-                cols = im2col(x, op.kernel, op.stride, op.pads, 0.0)
-                y = cols @ op.weight.reshape(op.weight.shape[0], -1).T + op.bias
-            elif op.kind == "fc":
-                y = _flatten_logical(x) @ op.weight.T + op.bias
-            elif op.kind == "relu":
-                y = np.maximum(x, 0)
-            elif op.kind == "maxpool":
-                y = _max_pool(x, op.kernel, op.stride, op.pads, -np.inf)
-            elif op.kind == "flatten":
-                y = _flatten_logical(x)
-            elif op.kind == "add":
-                y = x + t[op.inputs[1]]
-            else:
-                y = softmax(x)
+            y = OPS[op.kind].run_float(op, [t[i] for i in op.inputs])
             t[op.output] = y.astype(np.float32)
         outs.append(t if keep_all else _to_onnx_layout(t[graph.output_name]))
     if keep_all:
@@ -250,12 +142,6 @@ def power2_exponent(tmin: float, tmax: float, qmin: int = INT8_MIN, qmax: int = 
     if scale == 0:
         scale = 0.1
     return int(math.ceil(math.log2(scale)))
-
-
-def quantize_array(x: np.ndarray, exp: int, qmin=INT8_MIN, qmax=INT8_MAX, dtype=np.int8) -> np.ndarray:
-    """Glow quantize: round-half-even(x / scale), saturated; exact in float32 because the scale is 2**exp."""
-    scaled = np.asarray(x, np.float32) * np.float32(2.0 ** -exp)
-    return np.clip(np.rint(scaled), qmin, qmax).astype(dtype)
 
 
 @dataclass
@@ -401,59 +287,19 @@ def quantize_graph(graph: Graph, ranges: dict, source="profile") -> QuantModel:
 
 
 # ---------------------------------------------------------------- int8 reference
-def requantize(acc: np.ndarray, shift: int, act_min: int) -> np.ndarray:
-    """Accumulator -> int8 at the output scale: Glow's libjit_scale_i32i8 for a power-of-2 ratio
-    (add 2**(shift-1), arithmetic shift right; a negative shift multiplies), then saturate."""
-    acc = acc.astype(np.int64)
-    if shift > 0:
-        acc = (acc + (1 << (shift - 1))) >> shift
-    else:
-        acc = acc << -shift
-    return np.clip(acc, act_min, INT8_MAX).astype(np.int8)
-
-
 def run_int8(qm: QuantModel, x_nchw: np.ndarray, keep_all: bool = False):
     """Bit-exact reference of the generated C. Returns the float output (logits or softmax), or with keep_all
     a dict of every int8 tensor (stored layout) plus the output."""
     outs = []
     for start in range(0, len(x_nchw), BATCH):
-        x = np.asarray(x_nchw[start:start + BATCH], np.float32)
-        t = {}
+        # the quantize op reads the float input under the input's name and stores the int8 tensor there
+        t = {qm.graph.input_name: np.asarray(x_nchw[start:start + BATCH], np.float32)}
         for op in qm.ops:
-            if op.kind == "quantize":
-                y = quantize_array(x, op.out_exp).transpose(0, 2, 3, 1)
-            elif op.kind in ("conv", "fc"):
-                src = t[op.inputs[0]]
-                cols = im2col(src, op.kernel, op.stride, op.pads, 0) if op.kind == "conv" else src
-                acc = np.rint(cols.astype(np.float64) @ op.weight.T.astype(np.float64)).astype(np.int64)
-                y = requantize(acc + op.bias, op.shift, op.act_min)
-                if op.pool == 2:  # pools the requantized tensor, as the unfused graph does
-                    y = _max_pool(y, (2, 2), (2, 2), (0, 0, 0, 0), INT8_MIN)
-            elif op.kind == "maxpool":
-                y = _max_pool(t[op.inputs[0]], op.kernel, op.stride, op.pads, INT8_MIN)
-            elif op.kind == "flatten":
-                y = t[op.inputs[0]].reshape(len(x), -1)
-            elif op.kind == "relu":
-                y = np.maximum(t[op.inputs[0]], 0)
-            elif op.kind == "add":
-                terms = [requantize_wide(t[i], s) for i, s in zip(op.inputs, op.input_shifts)]
-                y = np.clip(terms[0] + terms[1], op.act_min, INT8_MAX).astype(np.int8)
-            elif op.kind == "dequantize":
-                y = t[op.inputs[0]].astype(np.float32) * np.float32(2.0 ** op.out_exp)
-            else:
-                y = softmax(t[op.inputs[0]])
-            t[op.output] = y
+            t[op.output] = OPS[op.kind].run_int8(op, [t[i] for i in op.inputs])
         outs.append(t if keep_all else t[qm.graph.output_name])
     if keep_all:
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     return np.concatenate(outs)
-
-
-def requantize_wide(q: np.ndarray, shift: int) -> np.ndarray:
-    """int8 -> int64 at another power-of-2 scale (rounding right shift, or left shift), not saturated."""
-    q = q.astype(np.int64)
-    # Shifts clamped like the C kernel (to stay defined in int32); results after saturation are unchanged.
-    return (q + (1 << (min(shift, 31) - 1))) >> min(shift, 31) if shift > 0 else q << min(-shift, 15)
 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:

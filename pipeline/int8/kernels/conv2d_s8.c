@@ -1,13 +1,14 @@
 /* 2-D convolution, int8 NHWC input/output, int32 bias at the accumulator scale, with an optional fused 2x2
- * stride-2 max pool. Weights: rows in (kh, kw, c) order in the pair-interleaved layout of nn_kernels.h.
+ * stride-2 max pool. Weights: rows in the pair-interleaved layout of nn_kernels.h, each row holding every patch
+ * row's whole groups ((kw, c) order), then all patch rows' remainders (pipeline/int8/ops.py Conv.k_order).
  * Work goes in tiles of 4 output pixels (with the pool: the 4 pixels of one pooling window), whose patches are
  * first widened to int16 im2col columns; the 4 columns are interleaved group by group in the scratch, so one
  * pointer with constant offsets reads all of them. Per tile, 2 output channels x 4 pixels are accumulated at
- * once (DSP path: per 4 values, 2 weight-pair loads + 4 SXTB16 + 8 column loads + 16 SMLAD + 2 for the loop:
- * 32 instructions for 32 MACs). */
+ * once (DSP path: per 4 values, 2 weight-pair loads + 4 SXTB16 + 8 column loads + 16 SMLAD: 30 instructions for
+ * 32 MACs, plus 2 for the loop every second group). */
 #include "nn_kernels.h"
 
-#define TILE_PIXELS 4
+#define TILE_PIXELS NN_CONV_TILE_PIXELS
 #define GROUP_STRIDE (4 * TILE_PIXELS) /* int16 from one group of a column to its next group */
 
 static inline int conv_row_length(const conv2d_s8_params *p)
@@ -15,48 +16,100 @@ static inline int conv_row_length(const conv2d_s8_params *p)
     return NN_ROW_LENGTH(p->kernel_h * p->kernel_w * p->in_c);
 }
 
-/* `count` values (a multiple of 4) of zeros into column `col` from value k on. */
-static inline void zero_groups(int16_t *col, int k, int count)
+/* n int8 values (n % 4 == 0, src at any byte offset) -> widened groups of a column, GROUP_STRIDE apart
+ * (nn_widen_groups). On the Arm targets in assembly, two groups per iteration: 5 instructions per group where
+ * GCC's loop takes 8 (it stores the two words separately and does not unroll). */
+static inline void widen_column(const int8_t *src, int16_t *dst, int n)
 {
-    for (int16_t *group = col + (k >> 2) * GROUP_STRIDE, *end = group + (count >> 2) * GROUP_STRIDE; group != end;
-         group += GROUP_STRIDE)
-        memset(group, 0, 4 * sizeof(int16_t));
+#if NN_USE_DSP && !defined(NN_ACLE_SHIM)
+    const int8_t *const end = src + n;
+    int32_t low, high;
+    if (n > 0) /* volatile: its only effect is the stores */
+        __asm__ volatile("tst    %[n], #4\n\t" /* an odd number of groups: enter at the second copy */
+                         "bne    2f\n\t"
+                         "1:\n\t"
+                         "ldr    %[low], [%[src]], #4\n\t"
+                         "sxtb16 %[high], %[low], ror #8\n\t"
+                         "sxtb16 %[low], %[low]\n\t"
+                         "strd   %[low], %[high], [%[dst]], #32\n\t" /* GROUP_STRIDE int16 */
+                         "2:\n\t"
+                         "ldr    %[low], [%[src]], #4\n\t"
+                         "sxtb16 %[high], %[low], ror #8\n\t"
+                         "sxtb16 %[low], %[low]\n\t"
+                         "strd   %[low], %[high], [%[dst]], #32\n\t"
+                         "cmp    %[src], %[end]\n\t"
+                         "bne    1b"
+                         : [src] "+r"(src), [dst] "+r"(dst), [low] "=&r"(low), [high] "=&r"(high)
+                         : [n] "r"(n), [end] "r"(end)
+                         : "cc", "memory");
+#else
+    nn_widen_groups(src, dst, n, GROUP_STRIDE);
+#endif
 }
 
-/* The widened patch of conv output pixel (oy, ox) into column `col` (groups GROUP_STRIDE apart); padding and the
- * row's tail read as 0. A patch row's pixels inside the input are contiguous (NHWC), so each row is one run.
- * With a channel count that is not a multiple of 4, groups straddle pixels: the patch is then gathered as int8 in
- * `stage` (k_row bytes) and widened in one pass. Parameters are copied to locals: the int16 stores could
- * otherwise alias *p's fields. */
+/* The widened patch of conv output pixel (oy, ox) into column `col` (groups GROUP_STRIDE apart), in the weights'
+ * order: the whole groups of each patch row, then every row's remainder (kernel_w * in_c % 4 values) gathered in
+ * `stage` and widened behind them. A patch row is kernel_w * in_c contiguous values (NHWC): inside the input it is
+ * read in place, from any byte offset; a row crossing the padding is first assembled in `stage`, zeros outside.
+ * Parameters are copied to locals: the stores could otherwise alias *p's fields. */
 static void im2col_s16(const conv2d_s8_params *p, const int8_t *input, int oy, int ox, int16_t *col, int8_t *stage)
 {
     const int in_h = p->in_h, in_w = p->in_w, in_c = p->in_c, kernel_h = p->kernel_h, kernel_w = p->kernel_w;
     const int y0 = oy * p->stride_h - p->pad_top, x0 = ox * p->stride_w - p->pad_left;
-    const int k_row = conv_row_length(p), whole_groups = (in_c & 3) == 0;
-    /* inside pixels of a patch row: [first, last) */
+    const int row_values = kernel_w * in_c, whole = row_values & ~3, rest = row_values - whole;
+    /* inside pixels of a patch row: [left, right) */
     const int left = x0 < 0 ? (-x0 < kernel_w ? -x0 : kernel_w) : 0;
-    const int right = x0 + kernel_w > in_w ? in_w - x0 : kernel_w;
-    int k = 0;
-    for (int iy = y0; iy < y0 + kernel_h; iy++, k += kernel_w * in_c) {
-        const int first = iy < 0 || iy >= in_h ? kernel_w : left;
-        const int last = iy < 0 || iy >= in_h || right < first ? first : right;
-        const int start = first * in_c, end = last * in_c, row_end = kernel_w * in_c;
-        const int8_t *src = input + ((size_t)(iy < 0 ? 0 : iy) * in_w + x0 + first) * in_c;
-        if (whole_groups) {
-            zero_groups(col, k, start);
-            nn_widen_groups(src, col + ((k + start) >> 2) * GROUP_STRIDE, end - start, GROUP_STRIDE);
-            zero_groups(col, k + end, row_end - end);
+    const int right = x0 + kernel_w > in_w ? (in_w - x0 > left ? in_w - x0 : left) : kernel_w;
+    int8_t *const remainders = stage + row_values;
+    for (int r = 0, iy = y0; r < kernel_h; r++, iy++, col += (whole >> 2) * GROUP_STRIDE) {
+        const int inside = iy >= 0 && iy < in_h;
+        const int8_t *row = stage;
+        if (inside && left == 0 && right == kernel_w) {
+            row = input + ((size_t)iy * in_w + x0) * in_c;
         } else {
-            int j = 0;
-            for (; j < start; j++) stage[k + j] = 0;
-            for (; j < end; j++) stage[k + j] = src[j - start];
-            for (; j < row_end; j++) stage[k + j] = 0;
+            memset(stage, 0, (size_t)row_values);
+            if (inside)
+                memcpy(stage + left * in_c, input + ((size_t)iy * in_w + x0 + left) * in_c,
+                       (size_t)(right - left) * in_c);
         }
+        widen_column(row, col, whole);
+        for (int j = 0; j < rest; j++) remainders[r * rest + j] = row[whole + j];
     }
-    if (whole_groups) return; /* k == k_row */
-    for (; k < k_row; k++) stage[k] = 0;
-    nn_widen_groups(stage, col, k_row, GROUP_STRIDE);
+    widen_column(remainders, col, NN_ROW_LENGTH(kernel_h * rest)); /* conv2d_s8 zeroed their padding */
 }
+
+/* One group of the tile (4 values of 2 weight rows x 4 columns): 32 instructions for 32 MACs. */
+#define TILE_GROUP_ASM \
+    "ldrd   %[ta], %[tb], [%[w]]\n\t" \
+    "sxtb16 %[ta], %[ta]\n\t" \
+    "sxtb16 %[tb], %[tb]\n\t" \
+    "ldr    %[x], [%[c]], #32\n\t" \
+    "smlad  %[a0], %[ta], %[x], %[a0]\n\t" \
+    "smlad  %[b0], %[tb], %[x], %[b0]\n\t" \
+    "ldr    %[x], [%[c], #-24]\n\t" \
+    "smlad  %[a1], %[ta], %[x], %[a1]\n\t" \
+    "smlad  %[b1], %[tb], %[x], %[b1]\n\t" \
+    "ldr    %[x], [%[c], #-16]\n\t" \
+    "smlad  %[a2], %[ta], %[x], %[a2]\n\t" \
+    "smlad  %[b2], %[tb], %[x], %[b2]\n\t" \
+    "ldr    %[x], [%[c], #-8]\n\t" \
+    "smlad  %[a3], %[ta], %[x], %[a3]\n\t" \
+    "smlad  %[b3], %[tb], %[x], %[b3]\n\t" \
+    "ldrd   %[ta], %[tb], [%[w]], #8\n\t" \
+    "sxtb16 %[ta], %[ta], ror #8\n\t" \
+    "sxtb16 %[tb], %[tb], ror #8\n\t" \
+    "ldr    %[x], [%[c], #-28]\n\t" \
+    "smlad  %[a0], %[ta], %[x], %[a0]\n\t" \
+    "smlad  %[b0], %[tb], %[x], %[b0]\n\t" \
+    "ldr    %[x], [%[c], #-20]\n\t" \
+    "smlad  %[a1], %[ta], %[x], %[a1]\n\t" \
+    "smlad  %[b1], %[tb], %[x], %[b1]\n\t" \
+    "ldr    %[x], [%[c], #-12]\n\t" \
+    "smlad  %[a2], %[ta], %[x], %[a2]\n\t" \
+    "smlad  %[b2], %[tb], %[x], %[b2]\n\t" \
+    "ldr    %[x], [%[c], #-4]\n\t" \
+    "smlad  %[a3], %[ta], %[x], %[a3]\n\t" \
+    "smlad  %[b3], %[tb], %[x], %[b3]\n\t"
 
 /* Accumulators of the tile's 4 columns for the channel pair at w (pair-interleaved rows):
  * s[0..3] for the first channel, s[4..7] for the second. */
@@ -84,38 +137,13 @@ static inline __attribute__((always_inline)) void tile_2x4(const int8_t *w, cons
      * 8 accumulators + 3 pointers + 3 temporaries use all 14 allocatable registers, so the weight words are
      * loaded twice (once per SXTB16 rotation) instead of being held. 32 instructions per 32 MACs. */
     int32_t ta, tb, x;
+    /* The loop does two groups (62 instructions per 64 MACs); an odd count enters at the second. */
     if (c != end)
-        __asm__("1:\n\t"
-                "ldrd   %[ta], %[tb], [%[w]]\n\t"
-                "sxtb16 %[ta], %[ta]\n\t"
-                "sxtb16 %[tb], %[tb]\n\t"
-                "ldr    %[x], [%[c]], #32\n\t"
-                "smlad  %[a0], %[ta], %[x], %[a0]\n\t"
-                "smlad  %[b0], %[tb], %[x], %[b0]\n\t"
-                "ldr    %[x], [%[c], #-24]\n\t"
-                "smlad  %[a1], %[ta], %[x], %[a1]\n\t"
-                "smlad  %[b1], %[tb], %[x], %[b1]\n\t"
-                "ldr    %[x], [%[c], #-16]\n\t"
-                "smlad  %[a2], %[ta], %[x], %[a2]\n\t"
-                "smlad  %[b2], %[tb], %[x], %[b2]\n\t"
-                "ldr    %[x], [%[c], #-8]\n\t"
-                "smlad  %[a3], %[ta], %[x], %[a3]\n\t"
-                "smlad  %[b3], %[tb], %[x], %[b3]\n\t"
-                "ldrd   %[ta], %[tb], [%[w]], #8\n\t"
-                "sxtb16 %[ta], %[ta], ror #8\n\t"
-                "sxtb16 %[tb], %[tb], ror #8\n\t"
-                "ldr    %[x], [%[c], #-28]\n\t"
-                "smlad  %[a0], %[ta], %[x], %[a0]\n\t"
-                "smlad  %[b0], %[tb], %[x], %[b0]\n\t"
-                "ldr    %[x], [%[c], #-20]\n\t"
-                "smlad  %[a1], %[ta], %[x], %[a1]\n\t"
-                "smlad  %[b1], %[tb], %[x], %[b1]\n\t"
-                "ldr    %[x], [%[c], #-12]\n\t"
-                "smlad  %[a2], %[ta], %[x], %[a2]\n\t"
-                "smlad  %[b2], %[tb], %[x], %[b2]\n\t"
-                "ldr    %[x], [%[c], #-4]\n\t"
-                "smlad  %[a3], %[ta], %[x], %[a3]\n\t"
-                "smlad  %[b3], %[tb], %[x], %[b3]\n\t"
+        __asm__("sub    %[x], %[end], %[c]\n\t"
+                "tst    %[x], #32\n\t" /* one group of the 4 columns is 32 bytes */
+                "bne    2f\n\t"
+                "1:\n\t" TILE_GROUP_ASM
+                "2:\n\t" TILE_GROUP_ASM
                 "cmp    %[c], %[end]\n\t"
                 "bne    1b"
                 : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [b0] "+r"(b0), [b1] "+r"(b1),
@@ -138,59 +166,68 @@ static inline int32_t max4(const int32_t *s)
     return m > n ? m : n;
 }
 
-/* Requantize `count` accumulators to outputs out_c apart. Out of line: left shifts are rare (an output scale finer
- * than the accumulator's), and inlining them at every store would cost flash for nothing. */
-static __attribute__((noinline, cold)) void store_general(const int32_t *s, int8_t *out, int count, int out_c,
+/* Requantize `count` accumulators to outputs `step` bytes apart. Out of line: shifts outside 1..24 are rare (left
+ * shifts: an output scale finer than the accumulator's), and inlining them at every store would cost flash. */
+static __attribute__((noinline, cold)) void store_general(const int32_t *s, int8_t *out, int count, int step,
                                                           int shift, int act_min)
 {
-    for (int pixel = 0; pixel < count; pixel++) out[(size_t)pixel * out_c] = nn_requantize(s[pixel], shift, act_min);
+    for (int pixel = 0; pixel < count; pixel++) out[pixel * step] = nn_requantize(s[pixel], shift, act_min);
 }
 
-/* One channel's results of a tile: with the pool the max of the 4 accumulators, requantized once (exact:
- * requantization is monotonic); else `count` pixels, out_c apart. rshift = min(shift, 31) - 1 for a right shift
- * (the usual case, inlined), else -1. */
-static inline void store_channel(const int32_t *s, int8_t *out, int count, int pooled, int out_c, int shift,
-                                 int rshift, int act_min)
+/* Requantize with the rounding 2^(shift-1) already in the accumulator (added to the bias): one shift, then the
+ * clamp to [act_min, 127], one SSAT on DSP cores. */
+static inline int32_t requantize_rounded(int32_t acc, int shift, int act_min)
 {
-    if (pooled) {
-        const int32_t top = max4(s);
-        if (rshift < 0)
-            store_general(&top, out, 1, out_c, shift, act_min);
-        else
-            *out = nn_requantize_right(top, rshift, act_min);
-    } else if (rshift < 0) {
-        store_general(s, out, count, out_c, shift, act_min);
-    } else {
-        for (int pixel = 0; pixel < count; pixel++)
-            out[(size_t)pixel * out_c] = nn_requantize_right(s[pixel], rshift, act_min);
-    }
+    int32_t value = acc >> shift;
+#if NN_USE_DSP
+    value = __ssat(value, 8);
+#else
+    value = value > 127 ? 127 : value < -128 ? -128 : value;
+#endif
+    return value < act_min ? act_min : value; /* int32: the byte store truncates, no sign extension needed */
 }
 
 static void tile_outputs(const conv2d_s8_params *p, const int8_t *weights, const int32_t *bias,
                          const int16_t *cols, int8_t *out, int count)
 {
     const int out_c = p->out_c, k_row = conv_row_length(p), groups = k_row / 4, shift = p->out_shift;
-    const int act_min = p->act_min, pooled = p->pool == 2, rshift = shift > 0 ? (shift > 31 ? 31 : shift) - 1 : -1;
+    const int act_min = p->act_min, pooled = p->pool == 2;
+    /* Shifts 1..24 fold their rounding into the bias: 2^23 at most, which could overflow int32 only with more than
+     * 65,000 products of 128 x 128 on top of the largest bias (2^30). */
+    const int rounded = shift >= 1 && shift <= 24;
+    const int32_t rounding = rounded ? (int32_t)1 << (shift - 1) : 0;
     int32_t s[2 * TILE_PIXELS];
-    int oc = 0;
-    for (const int8_t *w = weights; oc + 1 < out_c; oc += 2, w += 2 * k_row) {
-        tile_2x4(w, cols, groups, bias[oc], bias[oc + 1], s);
-        store_channel(s, out + oc, count, pooled, out_c, shift, rshift, act_min);
-        store_channel(s + TILE_PIXELS, out + oc + 1, count, pooled, out_c, shift, rshift, act_min);
-    }
-    if (oc < out_c) { /* the odd last row, stored alone */
-        for (int pixel = 0; pixel < TILE_PIXELS; pixel++)
-            s[pixel] = nn_row_dot(weights + (size_t)oc * k_row, 4, cols + 4 * pixel, GROUP_STRIDE, groups,
-                                  bias[oc]);
-        store_channel(s, out + oc, count, pooled, out_c, shift, rshift, act_min);
+    int8_t sink; /* the second channel of the last pair when out_c is odd (its weight row is zeros) */
+    for (int oc = 0; oc < out_c; oc += 2, weights += 2 * k_row) {
+        const int second = oc + 1 < out_c;
+        int8_t *const out2 = second ? out + oc + 1 : &sink;
+        const int step2 = second ? out_c : 0;
+        tile_2x4(weights, cols, groups, bias[oc] + rounding, (second ? bias[oc + 1] : 0) + rounding, s);
+        if (pooled) { /* requantize(max of the window's 4 accumulators): exact, requantization is monotonic */
+            s[0] = max4(s), s[TILE_PIXELS] = max4(s + TILE_PIXELS);
+        }
+        if (!rounded) {
+            store_general(s, out + oc, pooled ? 1 : count, out_c, shift, act_min);
+            store_general(s + TILE_PIXELS, out2, pooled ? 1 : count, step2, shift, act_min);
+        } else if (pooled) {
+            out[oc] = requantize_rounded(s[0], shift, act_min);
+            *out2 = requantize_rounded(s[TILE_PIXELS], shift, act_min);
+        } else {
+            for (int pixel = 0; pixel < count; pixel++) {
+                out[oc + pixel * out_c] = requantize_rounded(s[pixel], shift, act_min);
+                out2[pixel * step2] = requantize_rounded(s[TILE_PIXELS + pixel], shift, act_min);
+            }
+        }
     }
 }
 
 void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *weights, const int32_t *bias,
-               int8_t *output, int16_t *scratch)
+               int8_t *output, int16_t *columns, int8_t *stage)
 {
     const int out_w = p->out_w, out_c = p->out_c, pixels = p->out_h * out_w, pooled = p->pool == 2;
-    int8_t *const stage = (int8_t *)(scratch + TILE_PIXELS * conv_row_length(p));
+    const int row_values = p->kernel_w * p->in_c;
+    /* The remainders' padding to whole groups, zeroed once: the patches write only the remainders themselves. */
+    memset(stage + row_values, 0, (size_t)NN_ROW_LENGTH(p->kernel_h * (row_values & 3)));
     /* A step: one pooled pixel (its 2x2 window), or 4 pixels in order (a short last step repeats its last one). */
     for (int first = 0; first < pixels; first += pooled ? 1 : TILE_PIXELS) {
         const int count = pooled ? TILE_PIXELS : (pixels - first < TILE_PIXELS ? pixels - first : TILE_PIXELS);
@@ -198,8 +235,8 @@ void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *wei
             const int q = first + (slot < count ? slot : count - 1);
             const int oy = pooled ? 2 * (first / out_w) + slot / 2 : q / out_w;
             const int ox = pooled ? 2 * (first % out_w) + slot % 2 : q % out_w;
-            im2col_s16(p, input, oy, ox, scratch + 4 * slot, stage);
+            im2col_s16(p, input, oy, ox, columns + 4 * slot, stage);
         }
-        tile_outputs(p, weights, bias, scratch, output + (size_t)first * out_c, count);
+        tile_outputs(p, weights, bias, columns, output + (size_t)first * out_c, count);
     }
 }

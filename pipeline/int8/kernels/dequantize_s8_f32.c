@@ -1,7 +1,8 @@
 /* Output placeholder: int8 -> float, q * scale (exact: the scale is a power of 2). */
 #include "nn_kernels.h"
 
-void dequantize_s8_f32(const int8_t *input, float *output, int size, float scale)
+void dequantize_s8_f32(const dequantize_s8_f32_params *p, const int8_t *input, float *output)
 {
-    for (int i = 0; i < size; i++) output[i] = (float)input[i] * scale;
+    const float scale = p->scale;
+    for (uint32_t i = 0; i < p->size; i++) output[i] = (float)input[i] * scale;
 }

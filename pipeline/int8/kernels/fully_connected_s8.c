@@ -7,31 +7,27 @@
 void fully_connected_s8(const fully_connected_s8_params *p, const int8_t *input, const int8_t *weights,
                         const int32_t *bias, int8_t *output, int16_t *scratch)
 {
-    const int in_size = p->in_size, out_size = p->out_size, k_row = NN_ROW_LENGTH(in_size), groups = k_row / 4;
+    const int in_size = p->in_size, out_size = p->out_size, k_row = NN_ROW_LENGTH(in_size);
     const int shift = p->out_shift, act_min = p->act_min;
     const int whole = in_size & ~3;
     nn_widen_groups(input, scratch, whole, 4);
     for (int k = whole; k < k_row; k++) scratch[NN_WIDENED_INDEX(k, 4)] = k < in_size ? input[k] : 0;
-    int n = 0;
-    for (const int8_t *w = weights; n + 1 < out_size; n += 2, w += 2 * k_row) {
+    for (int n = 0; n < out_size; n += 2, weights += 2 * k_row) {
+        const int second = n + 1 < out_size; /* else the pair's second row is zeros */
 #if NN_USE_DSP
-        int32_t a = bias[n], b = bias[n + 1];
+        int32_t a = bias[n], b = second ? bias[n + 1] : 0;
         const int16_t *x = scratch;
-        for (const int8_t *v = w, *end = w + 2 * k_row; v != end; v += 8, x += 4) {
+        for (const int8_t *v = weights, *end = weights + 2 * k_row; v != end; v += 8, x += 4) {
             const int32_t wa = nn_read_s32(v), wb = nn_read_s32(v + 4), even = nn_read_s32(x);
             const int32_t odd = nn_read_s32(x + 2);
             a = __smlad(__sxtb16(wa), even, a), b = __smlad(__sxtb16(wb), even, b);
             a = __smlad(nn_sxtb16_ror8(wa), odd, a), b = __smlad(nn_sxtb16_ror8(wb), odd, b);
         }
 #else
-        const int32_t a = nn_row_dot(w, 8, scratch, 4, groups, bias[n]);
-        const int32_t b = nn_row_dot(w + 4, 8, scratch, 4, groups, bias[n + 1]);
+        const int32_t a = nn_row_dot(weights, 8, scratch, 4, k_row / 4, bias[n]);
+        const int32_t b = nn_row_dot(weights + 4, 8, scratch, 4, k_row / 4, second ? bias[n + 1] : 0);
 #endif
         output[n] = nn_requantize(a, shift, act_min);
-        output[n + 1] = nn_requantize(b, shift, act_min);
-    }
-    if (n < out_size) { /* the odd last row, stored alone */
-        const int32_t a = nn_row_dot(weights + (size_t)n * k_row, 4, scratch, 4, groups, bias[n]);
-        output[n] = nn_requantize(a, shift, act_min);
+        if (second) output[n + 1] = nn_requantize(b, shift, act_min);
     }
 }

@@ -4,7 +4,8 @@
  * Layouts shared by the DSP and the portable paths (pipeline/int8/bundle.py writes the weights):
  * - weight rows (conv: kernel_h * kernel_w * in_c values in (kh, kw, c) order; fc: in_size values) are
  *   zero-padded to a multiple of 4 (k_row) and read 4 at a time ("groups"); rows are stored in pairs, the two
- *   rows' groups interleaved (row 2j group g, row 2j+1 group g, row 2j group g+1, ...), an odd last row alone.
+ *   rows' groups interleaved (row 2j group g, row 2j+1 group g, row 2j group g+1, ...); an odd last row is paired
+ *   with a row of zeros.
  * - an int8 group (x0, x1, x2, x3) is widened to int16 as (x0, x2, x1, x3): SXTB16 of the word and of the word
  *   rotated by 8 give exactly those pairs, so widening needs no re-interleaving, and SXTB16 of a weight word and
  *   of it rotated by 8 give the matching weight pairs (w0, w2), (w1, w3) for SMLAD. */
@@ -44,6 +45,25 @@ typedef struct {
 } fully_connected_s8_params;
 
 typedef struct {
+    uint16_t channels, height, width;
+    float inv_scale; /* 2^-exponent of the input's scale */
+} quantize_f32_s8_params;
+
+typedef struct {
+    uint32_t size;
+    float scale;
+} dequantize_s8_f32_params;
+
+typedef struct {
+    uint32_t size;
+    int8_t shift_a, shift_b, act_min; /* each input's shift to the output scale (nn_rescale) */
+} add_s8_params;
+
+typedef struct {
+    uint32_t size;
+} relu_s8_params, softmax_f32_params;
+
+typedef struct {
     uint16_t in_h, in_w, channels, out_h, out_w;
     uint8_t kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left;
 } max_pool_s8_params;
@@ -57,24 +77,29 @@ void nn_layer_mark(int layer);
 #define NN_LAYER_MARK(layer) ((void)0)
 #endif
 
+/* Output pixels per conv2d_s8 tile: the im2col columns it widens at once (pipeline/int8/ops.py sizes its scratch
+ * from this). */
+#define NN_CONV_TILE_PIXELS 4
+
 /* float NCHW -> int8 NHWC: round-half-even(x * inv_scale), saturated (Glow's quantize). */
-void quantize_f32_s8(const float *input, int8_t *output, int channels, int height, int width, float inv_scale);
+void quantize_f32_s8(const quantize_f32_s8_params *p, const float *input, int8_t *output);
 /* int8 -> float: q * scale. */
-void dequantize_s8_f32(const int8_t *input, float *output, int size, float scale);
-/* Scratch: four interleaved im2col columns of k_row int16, plus k_row bytes when in_c % 4 != 0 (bundle.py
- * _scratch_bytes). With pool == 2 each output
- * is requantize(max of the 2x2 window's accumulators): requantization is monotonic, so this equals pooling the
- * requantized conv output, and the pre-pool tensor is never stored. */
+void dequantize_s8_f32(const dequantize_s8_f32_params *p, const int8_t *input, float *output);
+/* Scratch, planned by the bundle (pipeline/int8/ops.py Conv): `columns`, NN_CONV_TILE_PIXELS interleaved im2col
+ * columns of k_row int16; `stage`, bytes for one patch row and the rows' remainders (patch rows are
+ * kernel_w * in_c values; their whole groups come first in a weight row, every row's remainder after them).
+ * With pool == 2 each output is requantize(max of the 2x2 window's accumulators): requantization is monotonic, so
+ * this equals pooling the requantized conv output, and the pre-pool tensor is never stored. */
 void conv2d_s8(const conv2d_s8_params *p, const int8_t *input, const int8_t *weights, const int32_t *bias,
-               int8_t *output, int16_t *scratch);
+               int8_t *output, int16_t *columns, int8_t *stage);
 /* output[n] = requantize(bias[n] + sum_k input[k] * weights[n][k]); scratch: the input widened (k_row int16). */
 void fully_connected_s8(const fully_connected_s8_params *p, const int8_t *input, const int8_t *weights,
                         const int32_t *bias, int8_t *output, int16_t *scratch);
 void max_pool_s8(const max_pool_s8_params *p, const int8_t *input, int8_t *output);
 /* output = saturate(nn_rescale(a, shift_a) + nn_rescale(b, shift_b)). */
-void add_s8(const int8_t *a, const int8_t *b, int8_t *output, int size, int shift_a, int shift_b, int act_min);
-void relu_s8(const int8_t *input, int8_t *output, int size);
-void softmax_f32(const float *input, float *output, int size);
+void add_s8(const add_s8_params *p, const int8_t *a, const int8_t *b, int8_t *output);
+void relu_s8(const relu_s8_params *p, const int8_t *input, int8_t *output);
+void softmax_f32(const softmax_f32_params *p, const float *input, float *output);
 
 /* Rounding shift (Glow's libjit_scale_i32i8 for a power-of-2 ratio): right by `shift` adding 2^(shift-1),
  * or left by -shift. Shifts are clamped to stay defined in int32; saturated results are unchanged. */
@@ -99,19 +124,6 @@ static inline int8_t nn_saturate(int32_t value, int32_t act_min)
     if (value < act_min) value = act_min;
     if (value > 127) value = 127;
     return (int8_t)value;
-}
-
-/* nn_requantize for a right shift (shift_minus_1 = min(shift, 31) - 1 >= 0), the usual case: the accumulator's
- * scale is finer than the output's. On DSP cores the clamp to int8 is one SSAT. */
-static inline int8_t nn_requantize_right(int32_t acc, int32_t shift_minus_1, int32_t act_min)
-{
-    int32_t value = ((acc >> shift_minus_1) + 1) >> 1;
-#if NN_USE_DSP
-    value = __ssat(value, 8);
-#else
-    value = value > 127 ? 127 : value < -128 ? -128 : value;
-#endif
-    return (int8_t)(value < act_min ? act_min : value);
 }
 
 /* An int32 accumulator back to int8: rounding shift, then clamp to [act_min, 127] (act_min 0 = fused ReLU). */
@@ -141,8 +153,6 @@ static inline int32_t nn_read_s32(const void *p)
     memcpy(&v, p, 4); /* unaligned-safe; one LDR on Cortex-M7/M33 */
     return v;
 }
-
-static inline void nn_write_s32(void *p, int32_t v) { memcpy(p, &v, 4); }
 #endif /* NN_USE_DSP */
 
 /* Rows and im2col columns are zero-padded to a multiple of 4 values. */

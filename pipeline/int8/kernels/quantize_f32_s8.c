@@ -13,9 +13,10 @@ static int8_t round_half_even_s8(float v)
     return r > -128.0f ? (int8_t)(int32_t)r : -128; /* also NaN */
 }
 
-void quantize_f32_s8(const float *input, int8_t *output, int channels, int height, int width, float inv_scale)
+void quantize_f32_s8(const quantize_f32_s8_params *p, const float *input, int8_t *output)
 {
-    const int plane = height * width;
+    const int channels = p->channels, plane = p->height * p->width;
+    const float inv_scale = p->inv_scale;
     for (int c = 0; c < channels; c++)
         for (int i = 0; i < plane; i++)
             output[(size_t)i * channels + c] = round_half_even_s8(input[(size_t)c * plane + i] * inv_scale);

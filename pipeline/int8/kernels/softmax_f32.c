@@ -3,8 +3,9 @@
 
 #include "nn_kernels.h"
 
-void softmax_f32(const float *input, float *output, int size)
+void softmax_f32(const softmax_f32_params *p, const float *input, float *output)
 {
+    const int size = (int)p->size;
     float max = input[0], sum = 0.0f;
     for (int i = 1; i < size; i++)
         if (input[i] > max) max = input[i];
