@@ -5,7 +5,6 @@ build naming them."""
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

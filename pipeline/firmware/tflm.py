@@ -156,7 +156,7 @@ def compile_tflm(board: dict, tree: Path, sources, include_dirs, out_dir) -> lis
     """Compile C++ and C sources of the tree (or the app) with the board's flags and TFLM's build settings into
     out_dir, one object per source (named by its path in the tree, so equal stems do not collide)."""
     gcc = board_tool(board, "cc")
-    gxx = gcc[:-len("gcc")] + "g++"
+    gxx = gcc[:-len("gcc")] + "g++"  # the toolchain's C++ driver, beside its gcc
     out_dir = Path(out_dir)
     flags = [*board["cflags"], *COMMON_FLAGS, f"-DBOARD_CPU_HZ={board['cpu_hz']}u",
              *(f"-D{define}" for define in TFLM_DEFINES), *(f"-I{Path(d).resolve()}" for d in include_dirs),
