@@ -106,3 +106,19 @@ def test_tflm_arena_is_what_tflm_used_on_the_target(tflm_build):
     assert arena == summary["arena_used_bytes"]
     ops = tflm.model_ops((work / "cifar_int8.tflite").read_bytes())
     assert f"#define TFLM_OP_COUNT {len(ops)}" in header and "X(AddConv2D)" in header
+
+
+def test_report_puts_the_tflm_figures_beside_ours(tflm_build):
+    import subprocess
+
+    from pipeline.delivery.report import board_entry, tflm_firmware_lines
+
+    _, _, out, summary = tflm_build
+    board = load_board("rt1060")
+    entry = board_entry(board, "cifar", tflm_elf=out / "firmware.elf", tflm_emulator_json=out / "emulator.json")
+    text, data, bss = (int(v) for v in subprocess.run(["arm-none-eabi-size", "-B", out / "firmware.elf"],
+                                                      capture_output=True, text=True, check=True)
+                       .stdout.splitlines()[1].split()[:3])
+    row = next(line for line in tflm_firmware_lines([entry]) if line.startswith("| rt1060 |"))
+    assert row == (f"| rt1060 | — / {summary['instructions_per_inference']:,} | — / {text + data:,} B | "
+                   f"— / {data + bss:,} B | — / {summary['arena_used_bytes']:,} B | 4/4 top-1, 4/4 bit-identical |")

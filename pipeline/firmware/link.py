@@ -80,16 +80,15 @@ def compile_objects(board: dict, sources, include_dirs: dict, out_dir, defines=(
 
 
 def link_firmware(board: dict, objects, linker_script, out_elf, libraries=()) -> Path:
-    """Link the objects (main, startup, platform, bundle) and `libraries` (archives, or flags such as -lstdc++)
-    with newlib-nano's libc and libm into out_elf."""
+    """Link the objects (main, startup, platform, bundle) and `libraries` (archives, searched for what the objects
+    use) with newlib-nano's libc and libm into out_elf."""
     gcc = _arm_tool(board, "cc")
     out_elf = Path(out_elf)
     with atomic_path(out_elf) as tmp:
         run_tool([gcc, *board["cflags"], "-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections",
                   "-Wl,--no-warn-rwx-segments", f"-T{Path(linker_script).resolve()}",
                   *(Path(o).resolve() for o in objects),
-                  *(lib if str(lib).startswith("-") else Path(lib).resolve() for lib in libraries), "-lm", "-o",
-                  tmp.resolve()],
+                  *(Path(lib).resolve() for lib in libraries), "-lm", "-o", tmp.resolve()],
                  board_toolchain(board).install_hint, cwd=out_elf.parent)
     return out_elf
 

@@ -223,7 +223,7 @@ def build_tflm_firmware(board: dict, *, tflite_path, image_inc, classes_file, ou
     def build(arena_bytes: int) -> dict:
         write_model_header(header, arena_bytes=arena_bytes, **model)
         app = compile_tflm(board, tree, [TFLM_APP / MAIN], [*includes, header.parent, MCUX_APP], out_dir / "obj")
-        return link_board_and_emulator(board, [*app, *platform], out_dir, libraries=[archive, "-lstdc++"])
+        return link_board_and_emulator(board, [*app, *platform], out_dir, libraries=[archive])
 
     first = build(int(ARENA_SIZING_FACTOR * tflm_arena_size(tflite_bytes, test_input)))
     log, _ = run_emulator(board, first["emulator_elf"], timeout=timeout)
