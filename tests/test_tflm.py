@@ -103,7 +103,7 @@ def test_tflm_arena_is_what_tflm_used_on_the_target(tflm_build):
     work, _, out, summary = tflm_build
     header = (out / "source" / "tflm_model.h").read_text()
     arena = int(header.split("#define TFLM_ARENA_BYTES ")[1].split("u")[0])
-    assert arena == summary["arena_used_bytes"]
+    assert arena % 16 == 0 and arena - 16 < summary["arena_used_bytes"] <= arena
     ops = tflm.model_ops((work / "cifar_int8.tflite").read_bytes())
     assert f"#define TFLM_OP_COUNT {len(ops)}" in header and "X(AddConv2D)" in header
 

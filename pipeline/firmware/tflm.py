@@ -176,6 +176,7 @@ def compile_tflm(board: dict, tree: Path, sources, include_dirs, out_dir) -> lis
 # The sizing build's arena against the host interpreter's minimum: the target's need was within 0.2 % of the
 # host's here (70,432 vs 70,352 B); a quarter more covers that and still fits the RT1060's 128 KB DTCM.
 ARENA_SIZING_FACTOR = 1.25
+ARENA_ALIGNMENT = 16  # MicroArenaBufferAlignment() of tensorflow/lite/micro/micro_arena_constants.h
 ARENA_USED = re.compile(r"^Arena used = (\d+)\r?$", re.MULTILINE)
 
 
@@ -195,7 +196,8 @@ def build_tflm_firmware(board: dict, *, tflite_path, image_inc, classes_file, ou
 
     The arena is sized by TFLM on the target: a first build with ARENA_SIZING_FACTOR times what TFLM's host
     interpreter needs (a 64-bit host's minimum is not the target's) runs once under the emulator and prints
-    arena_used_bytes(), the exact need of a 16-byte aligned arena; the firmware is then built with that."""
+    arena_used_bytes(); the firmware is then built with that rounded up to TFLM's 16-byte buffer alignment (TFLM
+    aligns the arena's end down to it, so an unrounded size loses up to 15 bytes at the tail)."""
     from pipeline.evaluations.tflite_parity import tflm_arena_size
 
     tree = require_tflm(board)
@@ -225,7 +227,8 @@ def build_tflm_firmware(board: dict, *, tflite_path, image_inc, classes_file, ou
 
     first = build(int(ARENA_SIZING_FACTOR * tflm_arena_size(tflite_bytes, test_input)))
     log, _ = run_emulator(board, first["emulator_elf"], timeout=timeout)
-    return build(arena_used(log)["arena_used_bytes"])
+    used = arena_used(log)["arena_used_bytes"]
+    return build(-(-used // ARENA_ALIGNMENT) * ARENA_ALIGNMENT)
 
 
 def tflm_emulation(board: dict, *, elf, tflite_path, image_inc, images, labels, out_dir,
