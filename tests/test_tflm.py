@@ -34,9 +34,10 @@ def test_without_tflm_root_the_steps_skip_saying_how_to_make_a_tree(monkeypatch,
         tflm.require_tflm(load_board("rt685_hifi4"))
 
 
-def test_smoke_build_without_tflm_root_records_the_skip_and_builds_nothing(smoke_build):
+def test_smoke_build_without_tflm_root_records_the_skip_and_builds_nothing(request):
     if os.environ.get("TFLM_ROOT"):
-        pytest.skip("TFLM_ROOT is set in this environment, so the smoke build ran the TFLM steps")
+        pytest.skip("TFLM_ROOT is set in this environment, so the smoke build runs the TFLM steps")
+    smoke_build = request.getfixturevalue("smoke_build")
     report = (smoke_build / "build" / "report.md").read_text()
     assert "#### TensorFlow Lite Micro firmware (CMSIS-NN kernels)" in report
     for board in ("rt1060", "rt685_m33"):
@@ -103,7 +104,9 @@ def test_tflm_arena_is_what_tflm_used_on_the_target(tflm_build):
     work, _, out, summary = tflm_build
     header = (out / "source" / "tflm_model.h").read_text()
     arena = int(header.split("#define TFLM_ARENA_BYTES ")[1].split("u")[0])
-    assert arena % 16 == 0 and arena - 16 < summary["arena_used_bytes"] <= arena
+    # the sizing run's count rounded up to 16 bytes; what TFLM counts in the final arena may shift by one more
+    # alignment unit, as its tail is aligned down from the arena's end
+    assert arena % 16 == 0 and arena - 32 < summary["arena_used_bytes"] <= arena
     ops = tflm.model_ops((work / "cifar_int8.tflite").read_bytes())
     assert f"#define TFLM_OP_COUNT {len(ops)}" in header and "X(AddConv2D)" in header
 
