@@ -17,6 +17,7 @@ from pipeline.core.tasks import hold_build_lock, skip_reason, stage, step, stop_
 from pipeline.core.tools import ToolError
 from pipeline.firmware.emulator import require_emulator
 from pipeline.firmware.link import require_toolchain
+from pipeline.firmware.tflm import require_tflm
 from pipeline.firmware.vendor import mcux_sdk_targets, require_mcux_sdk, require_zephyr
 from pipeline.int8 import glow
 from pipeline.int8.bundle import require_compiler
@@ -37,7 +38,7 @@ BOARDS = [LAYOUT.board(configuration.load_board(board)) for board in FIRMWARE["b
 # Why a step cannot run on this machine, per board (absent: it runs), decided once when the graph is declared.
 CHECKS = {**({"bundle": glow.require_bundle_tools} if BACKEND == "glow" else {}),
           "bundle_object": require_compiler, "firmware": require_toolchain, "emulate": require_emulator,
-          "zephyr": require_zephyr, "mcux_sdk": require_mcux_sdk}
+          "zephyr": require_zephyr, "mcux_sdk": require_mcux_sdk, "tflm_firmware": require_tflm}
 SKIPS = {board.board: {step_name: reason for step_name, check in CHECKS.items()
                        if (reason := skip_reason(check, board.spec))} for board in BOARDS}
 for board_name, skips in SKIPS.items():  # a bundle Glow cannot make here skips every step built on it
@@ -49,6 +50,8 @@ for board_name, skips in SKIPS.items():  # a bundle Glow cannot make here skips 
                                           "has no timing hooks")
     if profiling:
         skips["layer_profile"] = profiling
+    if tflm := skips.get("tflm_firmware") or skips.get("firmware") or skips.get("emulate"):
+        skips.update(tflm_firmware=tflm, tflm_emulate=tflm)  # the TFLM firmware is sized by running it
 
 hold_build_lock(LAYOUT.build)
 stop_cleanly_on_interrupt()
@@ -58,8 +61,9 @@ DOIT_CONFIG = {
     "verbosity": 2,
     "reporter": RunSummaryReporter,
     "default_tasks": ["dataset", "image_folders", "train", "export", "profile", "tune", "accuracy", "bundle",
-                      "image_inc", "main_c", "firmware", "emulate", "layer_profile", "zephyr", "mcux_sdk", "int8_predictions",
-                      *EVALUATION_FILES, "tflite", "tflite_parity", "report"],
+                      "image_inc", "main_c", "firmware", "emulate", "layer_profile", "zephyr", "mcux_sdk",
+                      "int8_predictions", *EVALUATION_FILES, "tflite", "tflite_parity", "tflm_firmware", "tflm_emulate",
+                      "report"],
 }
 
 
@@ -292,6 +296,30 @@ def task_tflite_parity():
                 network=NAME, max_images=CONFIG["tflite"]["parity_images"])
 
 
+def task_tflm_firmware():
+    """The same .tflite run by TensorFlow Lite Micro with CMSIS-NN kernels, built like our firmware (needs
+    TFLM_ROOT: a TFLM tree)."""
+    for board in BOARDS:
+        yield step("firmware.tflm:build_tflm_firmware", subtask=board.board,
+                   skip=SKIPS[board.board].get("tflm_firmware"), record=board.skip_record("tflm_firmware"),
+                   inputs=[LAYOUT.tflite, board.image_inc, LAYOUT.classes, board.board_file],
+                   outputs=board.tflm_firmware, state={"tree": os.environ.get("TFLM_ROOT")}, board=board.spec,
+                   tflite_path=LAYOUT.tflite, image_inc=board.image_inc, classes_file=LAYOUT.classes,
+                   out_dir=board.tflm.root, network=NAME, timeout=FIRMWARE["emulator_timeout"])
+
+
+def task_tflm_emulate():
+    """The TFLite Micro firmware under QEMU: instructions per inference beside ours, outputs checked against TFLite
+    Micro's host interpreter."""
+    for board in BOARDS:
+        yield step("firmware.tflm:tflm_emulate_stage", subtask=board.board,
+                   skip=SKIPS[board.board].get("tflm_emulate"), record=board.skip_record("tflm_emulate"),
+                   inputs=[board.tflm.emulator_elf, LAYOUT.tflite, board.image_inc, *LAYOUT.split("test")],
+                   outputs=board.tflm.emulator_outputs, board=board.spec, elf=board.tflm.emulator_elf,
+                   tflite_path=LAYOUT.tflite, image_inc=board.image_inc, data_dir=LAYOUT.data,
+                   count=FIRMWARE["emulator_images"], out_dir=board.tflm.root, timeout=FIRMWARE["emulator_timeout"])
+
+
 def task_report():
     """build/report.html and report.md: summary, model, per board (app note's table, memory map, instructions),
     evaluations, provenance."""
@@ -300,12 +328,14 @@ def task_report():
                     ("tflite_parity", LAYOUT.tflite_parity)]}
     vendor_files = [board.root / elf for board in BOARDS for step_name, elf in VENDOR_ELFS.items()
                     if step_name not in SKIPS[board.board]]
+    tflm_files = [f for board in BOARDS if "tflm_emulate" not in SKIPS[board.board]
+                  for f in (board.tflm.firmware[0], board.tflm.emulator_outputs[1])]
     named = {"accuracy_file": LAYOUT.accuracy, "metrics_file": LAYOUT.metrics, "training_figure": LAYOUT.training_plot,
              "test_labels": LAYOUT.split("test")[1], "classes_file": LAYOUT.classes,
              "int8_test_predictions": LAYOUT.int8_predictions("test")}
     board_files = [f for board in BOARDS for f in board.deliverables(SKIPS[board.board])]
     return step("delivery.report:report_stage",
-                inputs=[*board_files, *vendor_files, *named.values(),
+                inputs=[*board_files, *vendor_files, *tflm_files, *named.values(),
                         *(f for files in evaluations.values() for f in files.values())],
                 outputs=LAYOUT.report, layout=LAYOUT, boards=[board.spec for board in BOARDS],
                 macs=count_macs(tuple(CHANNELS)), eval_images=QUANT["eval_images"], evaluations=evaluations,

@@ -7,6 +7,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" { /* tflm_app/main.cc is C++ */
+#endif
+
 void platform_init(void);
 
 /* Write a NUL-terminated string to the console. */
@@ -39,5 +43,9 @@ int platform_next_image(uint8_t *dst, uint32_t size);
 
 /* End of the application: status 0 is success. */
 void platform_exit(int status);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -110,6 +110,16 @@ class BoardLayout:
         return self.profiled.root / "layers.json"
 
     @property
+    def tflm(self) -> "BoardLayout":
+        """The TensorFlow Lite Micro firmware of the same model (pipeline/firmware/tflm.py), laid out like ours."""
+        return BoardLayout(self.root / "tflm", self.network, self.backend, self.spec)
+
+    @property
+    def tflm_firmware(self) -> list[Path]:
+        """What tflm_firmware writes: the generated model header, the TFLM library and the firmware."""
+        return [self.tflm.source / "tflm_model.h", self.tflm.root / "libtflm.a", *self.tflm.firmware]
+
+    @property
     def zephyr(self) -> Path:
         return self.root / "zephyr"
 

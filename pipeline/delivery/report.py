@@ -131,11 +131,13 @@ def emulator_layers(emulator: dict, source) -> list[dict] | None:
 
 
 def board_entry(board: dict, network: str, *, elf=None, header=None, emulator_json=None, mcux_sdk_json=None,
-                layers_json=None, skipped: dict[str, str] | None = None, vendor_elfs: dict | None = None) -> dict:
+                layers_json=None, skipped: dict[str, str] | None = None, vendor_elfs: dict | None = None,
+                tflm_elf=None, tflm_emulator_json=None) -> dict:
     """Gather one board's figures from its files (any may be None when that step was skipped).
     vendor_elfs: {flow: ELF of that vendor build}, only the builds that ran; mcux_sdk_json: the SDK images' sizes
     (pipeline/firmware/vendor.py); layers_json: the per-layer rows of the profiled build
-    (pipeline/int8/layer_profile.py), else the layers emulator.json holds, if any."""
+    (pipeline/int8/layer_profile.py), else the layers emulator.json holds, if any; tflm_*: the TensorFlow Lite
+    Micro firmware of the same model and its emulation (pipeline/firmware/tflm.py)."""
     prefix = network.upper() + "_"
     macros = header_macros(header) if header else None
     emulator = read_json(emulator_json) if emulator_json else None
@@ -150,6 +152,8 @@ def board_entry(board: dict, network: str, *, elf=None, header=None, emulator_js
         "vendor": {flow: firmware_size(board, path) for flow, path in (vendor_elfs or {}).items()},
         "mcux_sdk": read_json(mcux_sdk_json) if mcux_sdk_json else None,
         "skipped": dict(skipped or {}),
+        "tflm": {"size": firmware_size(board, tflm_elf), "emulator": read_json(tflm_emulator_json)}
+        if tflm_elf and tflm_emulator_json else None,
     }
 
 
@@ -344,7 +348,38 @@ def evaluation_meaning(kind: str, summary: dict) -> str:
              f"can stand in for the trained model" if worst else "could not be compared") + ".")
 
 
-def evaluations_section(evaluations: dict, links: dict) -> list[str]:
+def tflm_firmware_lines(entries: list[dict]) -> list[str]:
+    """The TensorFlow Lite Micro firmware beside ours, per board: instructions, flash, SRAM, memory for tensors,
+    and its check against TFLite Micro's host interpreter; or why it was not built."""
+    rows, reasons = [], []
+    for entry in entries:
+        name, tflm = entry["board"]["name"], entry.get("tflm")
+        if tflm is None:
+            reason = entry["skipped"].get("tflm_firmware") or entry["skipped"].get("tflm_emulate")
+            reasons.append(f"{name}: {_skip_text(reason) if reason else 'not built'}")
+            continue
+        ours, theirs, check = entry["emulator"] or {}, tflm["emulator"], tflm["emulator"]["check"]
+        size, bundle = entry["size"] or {}, entry["bundle"] or {}
+        rows.append((name, f"{_cell(ours.get('instructions_per_inference'), '{:,}')} / "
+                           f"{theirs['instructions_per_inference']:,}",
+                     f"{_bytes(size.get('flash'))} / {_bytes(tflm['size']['flash'])}",
+                     f"{_bytes(size.get('sram'))} / {_bytes(tflm['size']['sram'])}",
+                     f"{_bytes(bundle.get('ACTIVATIONS_MEM_SIZE'))} / {_bytes(theirs['arena_used_bytes'])}",
+                     f"{check['top1_equal']}/{check['images']} top-1, {check['bit_identical']}/{check['images']} "
+                     f"bit-identical"))
+    lines = ["#### TensorFlow Lite Micro firmware (CMSIS-NN kernels)", "",
+             "The same .tflite run on each board's firmware by TFLite Micro with CMSIS-NN's kernels, built with "
+             "the board's flags and linker script and run under QEMU like ours (`tflm_firmware`, `tflm_emulate`); "
+             "its outputs are checked against TFLite Micro's host interpreter on the same images. "
+             "Figures: ours (the Glow-ABI bundle) / TFLite Micro.", ""]
+    if rows:
+        lines += _table(("board", "instructions per inference", "flash", "SRAM",
+                         "activations / TFLM arena used", "TFLM firmware vs host TFLM"), rows)
+    return lines + [*(f"- {reason}" for reason in reasons), ""]
+
+
+def evaluations_section(evaluations: dict, links: dict, appendix: dict | None = None) -> list[str]:
+    """Each evaluation's sentence, table and figure; `appendix`: {kind: more lines after that evaluation}."""
     lines = ["## Hardening, robustness, parity", ""]
     unknown = sorted(set(evaluations) - set(EVALUATION_TITLES))
     if unknown:
@@ -354,6 +389,7 @@ def evaluations_section(evaluations: dict, links: dict) -> list[str]:
                   Path(files["markdown"]).read_text(encoding="utf-8").strip(), ""]
         if kind in links:
             lines += [f"![{EVALUATION_TITLES[kind]}]({links[kind]})", ""]
+        lines += (appendix or {}).get(kind, [])
     return lines
 
 
@@ -412,10 +448,11 @@ def report_stage(layout: Layout, *, boards: list[dict], macs: int, accuracy_file
     """The report's files of `layout` (report.md, report.html, report_figures/).
 
     Reads, per board, what its steps left in build/<board>/ (firmware.elf, bundle/<network>.h, emulator.json;
-    missing files = skipped steps), the skip records of its `skipped` steps ({board: [step]}) and its vendor builds
-    (the Zephyr ELF and the SDK's mcux_sdk.json, when they exist); accuracy.json, metrics.json, the training plot; the int8 bundle's top-1 on
-    the test split (int8_test_predictions, .npy, for the `eval_images` class-balanced subset as accuracy.json) with
-    the test labels and classes.json; evaluations {"hardening"|"robustness"|"parity": {"summary": JSON,
+    missing files = skipped steps), the skip records of its `skipped` steps ({board: [step]}), its vendor builds
+    (the Zephyr ELF and the SDK's mcux_sdk.json, when they exist) and its TFLite Micro firmware (tflm/firmware.elf,
+    tflm/emulator.json); accuracy.json, metrics.json, the training plot; the int8 bundle's top-1 on the test split
+    (int8_test_predictions, .npy, for the `eval_images` class-balanced subset as accuracy.json) with the test
+    labels and classes.json; evaluations {"hardening"|"robustness"|"parity": {"summary": JSON,
     "markdown": file, "figure": PNG (optional)}}. Provenance: the config's digest, repo_dir's git commit and the
     tool versions (as in the release manifest)."""
     from pipeline.delivery.release import git_commit, tool_versions
@@ -432,7 +469,9 @@ def report_stage(layout: Layout, *, boards: list[dict], macs: int, accuracy_file
                                             for step in sorted(skipped[board["name"]])},
                                    mcux_sdk_json=found(files.mcux_summary), layers_json=found(files.layers),
                                    vendor_elfs={flow: files.root / elf for flow, elf in VENDOR_ELFS.items()
-                                                if (files.root / elf).is_file()}))
+                                                if (files.root / elf).is_file()},
+                                   tflm_elf=found(files.tflm.firmware[0]),
+                                   tflm_emulator_json=found(files.tflm.emulator_outputs[1])))
     accuracy, metrics = read_json(accuracy_file), read_json(metrics_file)
     classes = read_json(classes_file)
     labels = np.load(test_labels)
@@ -461,7 +500,8 @@ def report_stage(layout: Layout, *, boards: list[dict], macs: int, accuracy_file
     model = model_section(metrics, accuracy, matrix, classes, read_json(evaluations["parity"]["summary"]),
                           {"training": link(training_figure), "confusion": f"{figures_dir.name}/confusion.png"})
     evaluation_lines = evaluations_section(evaluations, {kind: link(files["figure"])
-                                                         for kind, files in evaluations.items() if files.get("figure")})
+                                                         for kind, files in evaluations.items() if files.get("figure")},
+                                           {"tflite_parity": tflm_firmware_lines(entries)})
     provenance = provenance_section(git_commit(repo_dir), config_digest(config), tool_versions())
     text = render_report(network=network, backend=backend, macs=macs, entries=entries, accuracy=accuracy,
                          model=model, evaluations=evaluation_lines, provenance=provenance, board_figures=board_figures)

@@ -105,8 +105,10 @@ def emulator_command(board: dict, elf, images_file_name: str | None = None) -> l
 
 
 def write_images_file(path, inputs) -> Path:
-    """Extra input tensors for the firmware: float32 little-endian, one input placeholder after another."""
-    write_bytes(path, np.ascontiguousarray(inputs, dtype="<f4").tobytes())
+    """Extra input tensors for the firmware, one input placeholder after another: float32 little-endian, or
+    int8 as they are (a model with an int8 input)."""
+    inputs = np.asarray(inputs)
+    write_bytes(path, np.ascontiguousarray(inputs, dtype=np.int8 if inputs.dtype == np.int8 else "<f4").tobytes())
     return Path(path)
 
 
@@ -173,11 +175,12 @@ def compare_with_reference(results: list[ImageResult], reference_logits, labels,
 
 def emulate_and_check(board: dict, elf, inputs, reference_logits, labels, out_dir, timeout: float = 120.0,
                       hardening: dict | None = None, reference: str = "host-compiled bundle C",
-                      tolerance: float = BUILT_IN_TOLERANCE) -> dict:
+                      tolerance: float = BUILT_IN_TOLERANCE, log_summary=None) -> dict:
     """Run the firmware under emulation on its built-in test image followed by inputs[1:] (float32 input tensors;
     inputs[0] must be the built-in image), check every answer against reference_logits (host bundle, same
     inputs; `reference` says which, `tolerance` bounds the confidence difference), and write
-    out_dir/emulator.log and out_dir/emulator.json. Returns the summary."""
+    out_dir/emulator.log and out_dir/emulator.json. `log_summary(log)` adds entries of its own to the summary.
+    Returns the summary."""
     out_dir = Path(out_dir)
     images_file = write_images_file(out_dir / "emulator_images.bin", np.asarray(inputs)[1:]) if len(inputs) > 1 \
         else None
@@ -197,6 +200,7 @@ def emulate_and_check(board: dict, elf, inputs, reference_logits, labels, out_di
                                                  hardening=hardening),
                         "reference": reference, "confidence_tolerance": tolerance}
     summary["instructions_per_inference"] = summary["images"][0]["instructions"]
+    summary.update(log_summary(log) if log_summary else {})
     write_text(out_dir / "emulator.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 

@@ -79,14 +79,16 @@ def compile_objects(board: dict, sources, include_dirs: dict, out_dir, defines=(
     return objects
 
 
-def link_firmware(board: dict, objects, linker_script, out_elf) -> Path:
-    """Link the objects (main, startup, platform, bundle) with newlib-nano's libc and libm into out_elf."""
+def link_firmware(board: dict, objects, linker_script, out_elf, libraries=()) -> Path:
+    """Link the objects (main, startup, platform, bundle) and `libraries` (archives, searched for what the objects
+    use) with newlib-nano's libc and libm into out_elf."""
     gcc = _arm_tool(board, "cc")
     out_elf = Path(out_elf)
     with atomic_path(out_elf) as tmp:
         run_tool([gcc, *board["cflags"], "-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections",
                   "-Wl,--no-warn-rwx-segments", f"-T{Path(linker_script).resolve()}",
-                  *(Path(o).resolve() for o in objects), "-lm", "-o", tmp.resolve()],
+                  *(Path(o).resolve() for o in objects),
+                  *(Path(lib).resolve() for lib in libraries), "-lm", "-o", tmp.resolve()],
                  board_toolchain(board).install_hint, cwd=out_elf.parent)
     return out_elf
 
@@ -116,13 +118,20 @@ def build_firmware(board: dict, *, main_c, bundle_dir, network: str, out_dir, ha
     include_dirs = {"source": main_c.parent, "bundle": Path(bundle_dir), "mcux_app": MCUX_APP}
     objects = compile_objects(board, sources, include_dirs, out_dir / "obj", defines=["NN_PLACEMENT_SECTIONS"])
     objects.append(bundle_object)
+    return link_board_and_emulator(board, objects, out_dir)
+
+
+def link_board_and_emulator(board: dict, objects, out_dir, libraries=()) -> dict:
+    """Link out_dir/firmware.elf for the board's memory map and, when the emulator's map differs,
+    out_dir/emulator/firmware.elf for it (each with its linker script). Returns {"elf", "emulator_elf"}."""
+    out_dir = Path(out_dir)
     result = {}
     for key, for_emulator, folder in (("elf", False, out_dir), ("emulator_elf", True, out_dir / "emulator")):
         if for_emulator and not emulator_linked(board):
             result[key] = result["elf"]
             continue
         script = render_linker_script(folder / "firmware.ld", board, for_emulator)
-        result[key] = link_firmware(board, objects, script, folder / "firmware.elf")
+        result[key] = link_firmware(board, objects, script, folder / "firmware.elf", libraries)
     return result
 
 
