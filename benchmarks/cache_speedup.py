@@ -51,7 +51,9 @@ def measure(config: str, tasks: list[str], env: dict, workdir: Path, server=None
     if server is not None:
         url = server.url(f"cache/{workdir.name}")
         cold_env = dict(env, PIPELINE_CACHE_DIR=str(workdir / "cold-cache"), PIPELINE_CACHE_URL=url)
+    # Every clone now, so all builds see the same tree even if the checkout changes during the benchmark.
     cold_clone = provenance.clone_working_tree(REPO, workdir / "cold")
+    warm_clones = [provenance.clone_working_tree(REPO, workdir / f"warm-{run}") for run in range(warm_runs)]
     print(f"[{config}] cold build (empty cache) ...", file=sys.stderr, flush=True)
     cold, cold_log = timed_doit(cold_clone, config, tasks, cold_env)
     print(f"[{config}] cold {slowest(cold_log)}", file=sys.stderr)
@@ -61,10 +63,9 @@ def measure(config: str, tasks: list[str], env: dict, workdir: Path, server=None
     cold_files = provenance.artifact_digests(cold_clone / "build")
     warm, differences = [], []
     before_warm = server.transferred() if server is not None else (0, 0)
-    for run in range(warm_runs):
+    for run, warm_clone in enumerate(warm_clones):
         print(f"[{config}] warm build {run + 1}/{warm_runs} (fresh clone, "
               f"{'empty local cache, warm remote' if server else 'warm cache'}) ...", file=sys.stderr, flush=True)
-        warm_clone = provenance.clone_working_tree(REPO, workdir / f"warm-{run}")
         warm_env = cold_env if server is None else dict(cold_env, PIPELINE_CACHE_DIR=str(workdir / f"warm-cache-{run}"))
         seconds, warm_log = timed_doit(warm_clone, config, tasks, warm_env)
         warm.append(seconds)
