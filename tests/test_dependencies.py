@@ -93,3 +93,15 @@ def test_every_file_a_cached_step_reads_is_in_its_cache_key(audited):
         for key in task["cache_keys"]:
             missing = sorted(read - set(key["code"]) - set(key["inputs"]) - set(task["targets"]))
             assert not missing, f"{name}: its cache key leaves out files it reads: {missing}"
+
+
+def test_the_model_steps_do_not_depend_on_where_other_artifacts_live_or_how_they_are_built():
+    """Training must not rerun (nor miss the step cache) when a later stage or the artifact layout changes: the
+    dataset, training and export closures hold no layout, int8, firmware or evaluation code (training draws its
+    curves with delivery/plots.py, which it does depend on)."""
+    from pipeline.core.tasks import step_code
+
+    later = ("pipeline/core/layout.py", "pipeline/int8/", "pipeline/firmware/", "pipeline/evaluations/")
+    for target in ("model.dataset:build_dataset", "model.train:train", "model.export:export"):
+        code = step_code(target, cached=True)
+        assert not [path for path in code if path.startswith(later)], target

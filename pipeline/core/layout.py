@@ -11,8 +11,8 @@ ask the same place instead of each re-deriving paths.
 from dataclasses import dataclass
 from pathlib import Path
 
-SPLITS = ("train", "val", "test")
-DATASET_ARRAYS = tuple(f"{split}_{kind}.npy" for split in SPLITS for kind in ("images", "labels"))
+from pipeline.core.dataset_files import DATASET_ARRAYS
+
 # The vendor flows' ELF of a board, relative to build/<board>/, by step; the SDK flow's images are listed by
 # pipeline/firmware/vendor.py (mcux_sdk_targets) and summed up in mcux/mcux_sdk.json.
 VENDOR_ELFS = {"zephyr": "zephyr/zephyr/zephyr.elf"}

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.core import atomic
-from pipeline.core.layout import DATASET_ARRAYS, SPLITS
+from pipeline.core.dataset_files import DATASET_ARRAYS, SPLITS
 from pipeline.core.provenance import content_sha256, file_sha256
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
