@@ -62,8 +62,7 @@ DOIT_CONFIG = {
     "reporter": RunSummaryReporter,
     "default_tasks": ["dataset", "image_folders", "train", "export", "profile", "tune", "accuracy", "bundle",
                       "image_inc", "main_c", "firmware", "emulate", "layer_profile", "zephyr", "mcux_sdk",
-                      "int8_predictions", *EVALUATION_FILES, "tflite", "tflite_parity", "tflm_firmware", "tflm_emulate",
-                      "report"],
+                      "int8_predictions", "tflite", *EVALUATION_FILES, "tflm_firmware", "tflm_emulate", "report"],
 }
 
 
@@ -291,7 +290,7 @@ def task_tflite_parity():
     split, TFLite Micro's arena, and why the runtimes differ (requantization rounding)."""
     return step("evaluations.tflite_parity:run_stage", cached=True,
                 inputs=[LAYOUT.onnx, LAYOUT.tuned, LAYOUT.tflite, *LAYOUT.split("test")],
-                outputs=LAYOUT.tflite_parity, onnx_path=LAYOUT.onnx, profile_path=LAYOUT.tuned,
+                outputs=LAYOUT.evaluation_files("tflite_parity"), onnx_path=LAYOUT.onnx, profile_path=LAYOUT.tuned,
                 tflite_path=LAYOUT.tflite, data_dir=LAYOUT.data, out_dir=LAYOUT.evaluation("tflite_parity"),
                 network=NAME, max_images=CONFIG["tflite"]["parity_images"])
 
@@ -323,9 +322,8 @@ def task_tflm_emulate():
 def task_report():
     """build/report.html and report.md: summary, model, per board (app note's table, memory map, instructions),
     evaluations, provenance."""
-    evaluations = {kind: dict(zip(("summary", "markdown", "figure"), files)) for kind, files in
-                   [*((kind, LAYOUT.evaluation_files(kind)) for kind in EVALUATION_FILES),
-                    ("tflite_parity", LAYOUT.tflite_parity)]}
+    evaluations = {kind: dict(zip(("summary", "markdown", "figure"), LAYOUT.evaluation_files(kind)))
+                   for kind in EVALUATION_FILES}
     vendor_files = [board.root / elf for board in BOARDS for step_name, elf in VENDOR_ELFS.items()
                     if step_name not in SKIPS[board.board]]
     tflm_files = [f for board in BOARDS if "tflm_emulate" not in SKIPS[board.board]

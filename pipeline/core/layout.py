@@ -18,7 +18,8 @@ from pipeline.core.dataset_files import DATASET_ARRAYS
 VENDOR_ELFS = {"zephyr": "zephyr/zephyr/zephyr.elf"}
 EVALUATION_FILES = {"hardening": ("hardening.json", "hardening.md", "hardening.png"),
                     "robustness": ("robustness.json", "robustness.md", "robustness.png"),
-                    "parity": ("parity.json", "parity.md")}
+                    "parity": ("parity.json", "parity.md"),
+                    "tflite_parity": ("tflite_parity.json", "tflite_parity.md")}
 
 
 def emulator_linked(board: dict) -> bool:
@@ -265,11 +266,6 @@ class Layout:
 
     def evaluation_files(self, kind: str) -> list[Path]:
         return [self.evaluation(kind) / f for f in EVALUATION_FILES[kind]]
-
-    @property
-    def tflite_parity(self) -> list[Path]:
-        """LiteRT and TFLite Micro against the int8 reference: the figures (JSON) and their table (Markdown)."""
-        return [self.evaluation("tflite_parity") / f for f in ("tflite_parity.json", "tflite_parity.md")]
 
     @property
     def report(self) -> list[Path]:

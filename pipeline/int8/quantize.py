@@ -18,13 +18,13 @@ from pipeline.int8 import glow
 from pipeline.int8 import graph as int8_graph
 from pipeline.int8 import profile
 from pipeline.int8 import tune
-from pipeline.model.dataset import load_classes, load_split
+from pipeline.model.dataset import CALIBRATION_FOLDER, TUNING_FOLDER, load_classes, load_split
 from pipeline.model.shapes import to_input
 
 
 def class_images(data_dir) -> dict[str, list[Path]]:
     """build/data/images/<class>/*.png (held-out split), sorted, per class in class order."""
-    folder = Path(data_dir) / "images"
+    folder = Path(data_dir) / CALIBRATION_FOLDER
     return {cls: sorted((folder / cls).glob("*.png")) for cls in load_classes(data_dir)}
 
 
@@ -33,13 +33,14 @@ def calibration_images(data_dir, per_class: int) -> list[Path]:
     picked = {cls: paths[:per_class] for cls, paths in class_images(data_dir).items()}
     short = [cls for cls, paths in picked.items() if len(paths) < per_class]
     if short:
-        raise ValueError(f"{Path(data_dir) / 'images'}: classes {short} have fewer than {per_class} calibration "
-                         f"images; lower quantization.calibration_per_class or raise dataset.images_per_class")
+        raise ValueError(f"{Path(data_dir) / CALIBRATION_FOLDER}: classes {short} have fewer than {per_class} "
+                         f"calibration images; lower quantization.calibration_per_class or raise "
+                         f"dataset.images_per_class")
     return [p for paths in picked.values() for p in paths]
 
 
 def tuning_set(data_dir) -> tuple[Path, Path]:
-    folder = Path(data_dir) / "dataset-tuning"
+    folder = Path(data_dir) / TUNING_FOLDER
     return folder, folder / "Labels.csv"
 
 

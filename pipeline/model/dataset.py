@@ -29,7 +29,7 @@ OFFICIAL_NAME = "cifar-10-python.tar.gz"
 SHARED_JPEG = Path("..") / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SIDE = 32
-IMAGE_FOLDERS = ("images", "dataset-tuning")  # what Glow's image-classifier and model-tuner read
+CALIBRATION_FOLDER, TUNING_FOLDER = "images", "dataset-tuning"  # what Glow's image-classifier and model-tuner read
 
 
 class DatasetError(ValueError):
@@ -293,12 +293,12 @@ def write_image_folders(data_dir, listing, images_per_class: int, tuning_per_cla
                            f"images, fewer than dataset.images_per_class + dataset.tuning_per_class = {needed}: "
                            f"the calibration and tuning images are drawn from the held-out split; raise "
                            f"dataset.validation_per_class or lower those two")
-    _write_pngs(data_dir / "images", images, labels, classes, images_per_class, csv_name=None)
+    _write_pngs(data_dir / CALIBRATION_FOLDER, images, labels, classes, images_per_class, csv_name=None)
     # Tuning images come after the calibration ones so the two sets do not overlap.
     offset = np.concatenate([np.flatnonzero(labels == c)[images_per_class:] for c in range(len(classes))])
-    _write_pngs(data_dir / "dataset-tuning", images[offset], labels[offset], classes, tuning_per_class,
+    _write_pngs(data_dir / TUNING_FOLDER, images[offset], labels[offset], classes, tuning_per_class,
                 csv_name="Labels.csv")
-    folders = {name: content_sha256(data_dir / name) for name in IMAGE_FOLDERS}
+    folders = {name: content_sha256(data_dir / name) for name in (CALIBRATION_FOLDER, TUNING_FOLDER)}
     atomic.write_text(Path(listing), json.dumps(folders, indent=2, sort_keys=True) + "\n")
     return folders
 
