@@ -12,7 +12,7 @@ from doit import get_var
 
 from pipeline.delivery.run_summary import RunSummaryReporter  # first: its clock includes loading the graph
 from pipeline.core import config as configuration
-from pipeline.core.layout import EVALUATION_FILES, VENDOR_ELFS, Layout
+from pipeline.core.layout import EVALUATION_FILES, TRAINING_CURVES, VENDOR_ELFS, Layout
 from pipeline.core.tasks import hold_build_lock, skip_reason, stage, step, stop_cleanly_on_interrupt
 from pipeline.core.tools import ToolError
 from pipeline.firmware.emulator import require_emulator
@@ -21,7 +21,7 @@ from pipeline.firmware.tflm import require_tflm
 from pipeline.firmware.vendor import mcux_sdk_targets, require_mcux_sdk, require_zephyr
 from pipeline.int8 import glow
 from pipeline.int8.bundle import require_compiler
-from pipeline.model import dataset
+from pipeline.model import dataset, numerics
 from pipeline.model.shapes import count_macs
 
 try:
@@ -87,12 +87,23 @@ def task_image_folders():
                 **{key: CONFIG["dataset"][key] for key in IMAGE_FOLDER_SETTINGS})
 
 
+def task_teacher():
+    """Train the distillation teacher and write its soft targets (cached; run when training.distillation > 0)."""
+    teacher, threads = CONFIG["teacher"], CONFIG["training"]["threads"]
+    return step("model.distill:teacher", cached=True, inputs=LAYOUT.dataset, outputs=LAYOUT.teacher_files,
+                state={"precision_used": numerics.precision_used(teacher["precision"])},
+                data_dir=LAYOUT.data, teacher_dir=LAYOUT.teacher, threads=threads,
+                **{key: teacher[key] for key in (*configuration.RECIPE_KEYS, "channels", "seed")})
+
+
 def task_train():
     """Train CifarNet: the .pth state_dict, per-epoch metrics and the training curves (cached)."""
     training = CONFIG["training"]
     init_from = [training["init_from"]] if training["init_from"] else []
-    return step("model.train:train", cached=True, inputs=LAYOUT.dataset + init_from, outputs=LAYOUT.training,
-                data_dir=LAYOUT.data, pth=LAYOUT.pth, channels=CHANNELS,
+    soft_targets = [LAYOUT.soft_targets] if training["distillation"] else []
+    return step("model.train:train", cached=True, inputs=LAYOUT.dataset + init_from + soft_targets,
+                outputs=LAYOUT.training, state={"precision_used": numerics.precision_used(training["precision"])},
+                data_dir=LAYOUT.data, pth=LAYOUT.pth, channels=CHANNELS, soft_targets=(soft_targets or [""])[0],
                 **{key: training[key] for key in (*configuration.RECIPE_KEYS, "seed", "threads", "init_from",
                                                   "preset")})
 
@@ -330,7 +341,8 @@ def task_report():
                   for f in (board.tflm.firmware[0], board.tflm.emulator_outputs[1])]
     named = {"accuracy_file": LAYOUT.accuracy, "metrics_file": LAYOUT.metrics, "training_figure": LAYOUT.training_plot,
              "test_labels": LAYOUT.split("test")[1], "classes_file": LAYOUT.classes,
-             "int8_test_predictions": LAYOUT.int8_predictions("test")}
+             "int8_test_predictions": LAYOUT.int8_predictions("test"), "training_curves_file": TRAINING_CURVES,
+             **({"teacher_metrics_file": LAYOUT.teacher_metrics} if CONFIG["training"]["distillation"] else {})}
     board_files = [f for board in BOARDS for f in board.deliverables(SKIPS[board.board])]
     return step("delivery.report:report_stage",
                 inputs=[*board_files, *vendor_files, *tflm_files, *named.values(),

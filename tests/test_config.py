@@ -34,6 +34,11 @@ def test_repository_configs_are_valid():
     ({"firmware": {"boards": ["rt1170"]}}, ["rt1170", "rt1060", "rt685_m33", "boards/<name>.toml"]),
     ({"quantization": {"backend": "tflite"}}, ["quantization.backend", "'builtin'", "'glow'"]),
     ({"model": {"channels": [32, 64]}}, ["model.channels", "four positive integers"]),
+    ({"training": {"precision": "fp16"}}, ["training.precision", "'bf16'", "'fp32'"]),
+    ({"training": {"distillation": 1.5}}, ["training.distillation", "<= 1.0"]),
+    ({"teacher": {"precision": "int8"}}, ["teacher.precision", "'bf16'", "'fp32'"]),
+    ({"teacher": {"channels": [64]}}, ["teacher.channels", "two or more positive integers"]),
+    ({"teacher": {"distillation": 0.5}}, ["teacher.distillation", "valid keys in [teacher]"]),
 ])
 def test_bad_config_names_the_key_and_the_choices(raw, words):
     with pytest.raises(config.ConfigError) as err:

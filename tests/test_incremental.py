@@ -126,3 +126,21 @@ def test_project_names_c_or_the_file_system_cannot_take_are_refused_at_load(smok
     result = run_doit(tree, SMOKE, env=env, check=False)
     assert result.returncode != 0 and executed(result) == set()
     assert f"project.name = {name!r}" in result.stderr and "letters, digits or underscores" in result.stderr
+
+
+def test_distillation_trains_the_teacher_first_and_a_changed_teacher_retrains_the_student(smoke_copy):
+    tree, env = smoke_copy
+    config = tree / "configs" / "smoke.toml"
+    edit(config, "epochs = 1", "epochs = 1\ndistillation = 0.5")
+    edit(config, "channels = [16, 32]\nepochs = 2", "channels = [8, 16]\nepochs = 1")  # the smoke [teacher]
+    ran = executed(run_doit(tree, SMOKE, "export", env=env))
+    assert {"teacher", "train", "export"} <= ran and "dataset" not in ran
+    model = tree / "build" / "model"
+    assert json.loads((model / "metrics.json").read_text())["recipe"]["distillation"] == 0.5
+    assert json.loads((model / "teacher" / "metrics.json").read_text())["recipe"]["channels"] == [8, 16]
+    student = (model / "cifar.pth").read_bytes()
+
+    edit(config, "channels = [8, 16]", "channels = [8, 12]")
+    ran = executed(run_doit(tree, SMOKE, "export", env=env))
+    assert {"teacher", "train"} <= ran, "new soft targets retrain the student"
+    assert (model / "cifar.pth").read_bytes() != student

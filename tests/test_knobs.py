@@ -9,8 +9,11 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 from conftest import ROOT
 from pipeline.core.config import SCHEMA
+from pipeline.model import numerics
 
 AUDIT = ROOT / "tests" / "audit_tasks.py"
 ARM = ("rt1060", "rt685_m33")
@@ -23,7 +26,7 @@ EVERY_STEP = ["train", "export", "profile", "tune", "accuracy", "bundle:*", "mai
 CHANGES = {
     "project.name": ("mynet", EVERY_STEP),
     "project.version": ("0.2.0", []),
-    "project.build_dir": ("build_other", ["dataset", "image_folders", "image_inc:*", *EVERY_STEP]),
+    "project.build_dir": ("build_other", ["dataset", "image_folders", "teacher", "image_inc:*", *EVERY_STEP]),
     "dataset.source": (str(ROOT / "boards"), ["dataset"]),
     "dataset.validation_per_class": (200, ["dataset"]),
     "dataset.train_per_class": (31, ["dataset"]),
@@ -43,8 +46,24 @@ CHANGES = {
     "training.crop_padding": (2, ["train"]),
     "training.label_smoothing": (0.1, ["train"]),
     "training.ema_decay": (0.99, ["train"]),
+    "training.precision": ("bf16", ["train"]),
+    "training.distillation": (0.5, ["train"]),
+    "training.distillation_temperature": (2.0, ["train"]),
     "training.seed": (1, ["train"]),
-    "training.threads": (1, ["train"]),
+    "training.threads": (1, ["train", "teacher"]),
+    "teacher.channels": ([8, 16], ["teacher"]),
+    "teacher.seed": (1, ["teacher"]),
+    "teacher.optimizer": ("adam", ["teacher"]),
+    "teacher.lr": (0.1, ["teacher"]),
+    "teacher.batch_size": (128, ["teacher"]),
+    "teacher.epochs": (3, ["teacher"]),
+    "teacher.schedule": ("constant", ["teacher"]),
+    "teacher.weight_decay": (1e-4, ["teacher"]),
+    "teacher.augment": (False, ["teacher"]),
+    "teacher.crop_padding": (2, ["teacher"]),
+    "teacher.label_smoothing": (0.1, ["teacher"]),
+    "teacher.ema_decay": (0.9, ["teacher"]),
+    "teacher.precision": ("fp32", ["teacher"]),
     "training.init_from": ("build/model/start.pth", ["train"]),
     "export.opset": (14, ["export"]),
     "export.verify_images": (10, ["export"]),
@@ -123,3 +142,31 @@ def test_each_key_changes_the_settings_of_exactly_the_tasks_that_use_it(tmp_path
 def is_skipped(settings) -> bool:
     """A step skipped on this machine (no Xtensa, Zephyr or SDK) depends only on its skip reason."""
     return bool(settings) and set(settings[0]) == {"skipped"}
+
+
+TRAIN_KEY_SETTINGS = """
+import json, runpy, sys
+from doit import doit_cmd
+import pipeline.core.tasks
+from pipeline.model import numerics
+doit_cmd.reset_vars()  # doit's command-line variables, as `doit` itself sets them up (config: the default)
+pipeline.core.tasks.hold_build_lock = lambda build_dir: None  # declaring only
+if sys.argv[1] == "without-bf16":
+    numerics.cpu_flags = lambda: frozenset({"fpu", "sse2", "avx2"})
+_, (stage, action, code, settings, *rest) = runpy.run_path("dodo.py")["task_train"]()["actions"][0]
+print(json.dumps(settings, default=str))
+"""
+
+
+@pytest.mark.skipif(numerics.precision_used("bf16") != "bf16", reason="this CPU has no native BF16")
+def test_the_numeric_mode_training_really_runs_in_is_in_its_cache_key():
+    """pipeline.toml asks for bf16; on a CPU without it training runs in fp32, so its cache key must differ: a
+    fallback result is never stored or restored as a bf16 one."""
+    env = {**os.environ, "DATASET_SOURCE": str(ROOT / "configs")}
+    keys = {cpu: json.loads(subprocess.run([sys.executable, "-c", TRAIN_KEY_SETTINGS, cpu], cwd=ROOT, env=env,
+                                           check=True, capture_output=True, text=True).stdout)
+            for cpu in ("this-cpu", "without-bf16")}
+    assert keys["this-cpu"]["precision"] == keys["without-bf16"]["precision"] == "bf16"
+    assert keys["this-cpu"]["precision_used"] == "bf16" and keys["without-bf16"]["precision_used"] == "fp32"
+    assert {k: v for k, v in keys["this-cpu"].items() if k != "precision_used"} == \
+        {k: v for k, v in keys["without-bf16"].items() if k != "precision_used"}

@@ -3,7 +3,8 @@ ask the same place instead of each re-deriving paths.
 
     build/data/        the canonical dataset (arrays, classes.json, manifest.json) and the Glow tool folders
                        images/, dataset-tuning/ (image_folders.json lists their SHA-256)
-    build/model/       <name>.pth, metrics.json, training.png, <name>.onnx, export_check.json, test_data_set_0/
+    build/model/       <name>.pth, metrics.json, training.png, <name>.onnx, export_check.json, test_data_set_0/,
+                       teacher/ (the distillation teacher: teacher.pth, metrics.json, training.png, soft_targets.npy)
     build/quant/       profile.yml, profile_tuned.yml, tuning.json, accuracy.json, int8_val_predictions.npy
     build/reports/     one folder per evaluation
     build/<board>/     bundle/, source/, firmware and emulator outputs, vendor builds, skipped/<step>.txt
@@ -16,6 +17,9 @@ from pipeline.core.dataset_files import DATASET_ARRAYS
 # The vendor flows' ELF of a board, relative to build/<board>/, by step; the SDK flow's images are listed by
 # pipeline/firmware/vendor.py (mcux_sdk_targets) and summed up in mcux/mcux_sdk.json.
 VENDOR_ELFS = {"zephyr": "zephyr/zephyr/zephyr.elf"}
+# Test accuracy per epoch against training wall-clock of the default and an13331 presets, as
+# benchmarks/training_recipes.py measured them (committed: the report plots it beside this build's own result).
+TRAINING_CURVES = Path("docs") / "training_curves.json"
 EVALUATION_FILES = {"hardening": ("hardening.json", "hardening.md", "hardening.png"),
                     "robustness": ("robustness.json", "robustness.md", "robustness.png"),
                     "parity": ("parity.json", "parity.md"),
@@ -212,6 +216,23 @@ class Layout:
     @property
     def training(self) -> list[Path]:
         return [self.pth, self.metrics, self.training_plot]
+
+    @property
+    def teacher(self) -> Path:
+        return self.model / "teacher"
+
+    @property
+    def soft_targets(self) -> Path:
+        return self.teacher / "soft_targets.npy"
+
+    @property
+    def teacher_metrics(self) -> Path:
+        return self.teacher / "metrics.json"
+
+    @property
+    def teacher_files(self) -> list[Path]:
+        """The distillation teacher's weights, metrics and curves (as training writes them) and its soft targets."""
+        return [self.teacher / "teacher.pth", self.teacher_metrics, self.teacher / "training.png", self.soft_targets]
 
     @property
     def onnx(self) -> Path:

@@ -213,18 +213,46 @@ def recipe_words(metrics: dict) -> str:
                else "random flip" if r["augment"] else "no augmentation",
                f"label smoothing {r['label_smoothing']:g}" if r["label_smoothing"] else "no label smoothing",
                f"the saved weights are a moving average (decay {r['ema_decay']:g})" if r["ema_decay"]
-               else "the saved weights are the last ones"]
+               else "the saved weights are the last ones",
+               f"distilled from the teacher's soft targets (weight {r['distillation']:g}, temperature "
+               f"{r['distillation_temperature']:g})" if r["distillation"] else "learnt from the labels alone",
+               "convolutions in bfloat16 (CPU autocast)" if r["precision_used"] == "bf16" else
+               "float32 throughout" + (" (bf16 asked for; this CPU has none)" if r["precision"] == "bf16" else "")]
     start = f"starting from {r['init_from']}" if r["init_from"] else "from scratch"
+    seconds = metrics["epochs"][-1]["seconds"]
     return (f"Preset `{r['preset']}`: {optimizer}, {schedule} learning rate {r['lr']:g}, batch {r['batch_size']}, "
             f"{r['epochs']} epoch{'s' * (r['epochs'] != 1)}; {'; '.join(options)}. Channels "
             f"{'-'.join(map(str, r['channels']))}, {metrics['train_images']:,} training images, {start}, seed "
-            f"{r['seed']}, {r['threads']} thread{'s' * (r['threads'] != 1)}. Float test accuracy "
+            f"{r['seed']}, {r['threads']} thread{'s' * (r['threads'] != 1)}: {seconds / 60:.1f} minutes of "
+            f"training ({seconds / len(metrics['epochs']):.1f} s per epoch). Float test accuracy "
             f"{metrics['test_accuracy']:.2%} on {metrics['test_images']:,} images.")
 
 
-def model_section(metrics, accuracy, matrix, classes, parity, figures: dict) -> list[str]:
+def teacher_words(teacher: dict) -> str:
+    """The distillation teacher's metrics.json as a sentence: what it is and what it cost."""
+    r, seconds = teacher["recipe"], teacher["epochs"][-1]["seconds"]
+    return (f"The teacher (channels {'-'.join(map(str, r['channels']))}, never deployed) reached "
+            f"{teacher['test_accuracy']:.2%} float test accuracy after {r['epochs']} epochs, {seconds / 60:.1f} "
+            f"minutes of training: a step of its own, cached, so it is paid once, not per student.")
+
+
+def training_cost_lines(metrics: dict, curves: dict, figure: str) -> list[str]:
+    """This build's training time and accuracy beside the presets' curves the training benchmark measured."""
+    seconds = metrics["epochs"][-1]["seconds"]
+    finals = "; ".join(f"`{name}` {runs[-1]['test_accuracy']:.2%} after {runs[-1]['seconds'] / 60:.1f} min"
+                       for name, runs in curves["curves"].items())
+    return [f"![Test accuracy vs training time]({figure})", "",
+            f"Test accuracy per epoch against training wall-clock, measured by {curves['measured_by']} "
+            f"({curves['threads']} threads, seed {curves['seed']}): {finals}. This build: "
+            f"{metrics['test_accuracy']:.2%} after {seconds / 60:.1f} min.", ""]
+
+
+def model_section(metrics, accuracy, matrix, classes, parity, figures: dict, *, teacher: dict | None,
+                  curves: dict) -> list[str]:
     per_class = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
     lines = ["## Model", "", f"![Training curves]({figures['training']})", "", recipe_words(metrics), "",
+             *([teacher_words(teacher), ""] if teacher else []),
+             *training_cost_lines(metrics, curves, figures["accuracy_time"]),
              f"Confusion matrix of the deployed int8 model on {int(matrix.sum()):,} test images (rows: true class):",
              "", f"![Confusion matrix, deployed int8]({figures['confusion']})", "",
              *_table(("Class", "Images", "int8 accuracy"),
@@ -444,13 +472,15 @@ def render_html(markdown_text: str, base_dir, title: str) -> str:
 
 def report_stage(layout: Layout, *, boards: list[dict], macs: int, accuracy_file, metrics_file, training_figure,
                  test_labels, classes_file, int8_test_predictions, eval_images: int, evaluations: dict,
-                 config: dict, repo_dir, skipped: dict[str, list[str]]) -> None:
+                 config: dict, repo_dir, skipped: dict[str, list[str]], training_curves_file,
+                 teacher_metrics_file="") -> None:
     """The report's files of `layout` (report.md, report.html, report_figures/).
 
     Reads, per board, what its steps left in build/<board>/ (firmware.elf, bundle/<network>.h, emulator.json;
     missing files = skipped steps), the skip records of its `skipped` steps ({board: [step]}), its vendor builds
     (the Zephyr ELF and the SDK's mcux_sdk.json, when they exist) and its TFLite Micro firmware (tflm/firmware.elf,
-    tflm/emulator.json); accuracy.json, metrics.json, the training plot; the int8 bundle's top-1 on the test split
+    tflm/emulator.json); accuracy.json, metrics.json, the training plot, the teacher's metrics.json (when
+    distilled) and the presets' measured training curves (training_curves_file); the int8 bundle's top-1 on the test split
     (int8_test_predictions, .npy, for the `eval_images` class-balanced subset as accuracy.json) with the test
     labels and classes.json; evaluations {"hardening"|"robustness"|"parity": {"summary": JSON,
     "markdown": file, "figure": PNG (optional)}}. Provenance: the config's digest, repo_dir's git commit and the
@@ -472,7 +502,7 @@ def report_stage(layout: Layout, *, boards: list[dict], macs: int, accuracy_file
                                                 if (files.root / elf).is_file()},
                                    tflm_elf=found(files.tflm.firmware[0]),
                                    tflm_emulator_json=found(files.tflm.emulator_outputs[1])))
-    accuracy, metrics = read_json(accuracy_file), read_json(metrics_file)
+    accuracy, metrics, curves = read_json(accuracy_file), read_json(metrics_file), read_json(training_curves_file)
     classes = read_json(classes_file)
     labels = np.load(test_labels)
     matrix = confusion_matrix(labels[balanced_subset(labels, eval_images)], np.load(int8_test_predictions),
@@ -482,6 +512,10 @@ def report_stage(layout: Layout, *, boards: list[dict], macs: int, accuracy_file
     board_figures = {}
     with atomic_dir(figures_dir) as tmp:
         plots.confusion_matrix_plot(matrix, classes, tmp / "confusion.png", "Deployed int8, test split")
+        plots.accuracy_time_plot(
+            {f"{name} preset (benchmark)": ([e["seconds"] / 60 for e in runs], [e["test_accuracy"] for e in runs])
+             for name, runs in curves["curves"].items()}, tmp / "accuracy_time.png", title="Accuracy per minute",
+            point=("this build", metrics["epochs"][-1]["seconds"] / 60, metrics["test_accuracy"]))
         for entry in entries:
             name, links = entry["board"]["name"], {}
             if entry["memory"]:
@@ -498,7 +532,9 @@ def report_stage(layout: Layout, *, boards: list[dict], macs: int, accuracy_file
         return Path(path).resolve().relative_to(out_path.parent.resolve()).as_posix()
 
     model = model_section(metrics, accuracy, matrix, classes, read_json(evaluations["parity"]["summary"]),
-                          {"training": link(training_figure), "confusion": f"{figures_dir.name}/confusion.png"})
+                          {"training": link(training_figure), "confusion": f"{figures_dir.name}/confusion.png",
+                           "accuracy_time": f"{figures_dir.name}/accuracy_time.png"},
+                          teacher=read_json(teacher_metrics_file) if teacher_metrics_file else None, curves=curves)
     evaluation_lines = evaluations_section(evaluations, {kind: link(files["figure"])
                                                          for kind, files in evaluations.items() if files.get("figure")},
                                            {"tflite_parity": tflm_firmware_lines(entries)})

@@ -33,17 +33,18 @@ def load_state(model, path, state: dict | None = None) -> None:
                              f"{' '.join(first)}; use a .pth trained with the same model.channels") from None
 
 
-def load_model(pth_path, channels=(32, 32, 64, 128)):
-    """CifarNet in eval mode with the weights of `pth_path` (a state_dict, as training saves it), with as many
-    classes as its classifier has; a missing, unreadable or mismatched file is a clear error."""
-    from pipeline.model.network import CifarNet
+def load_model(pth_path, channels=(32, 32, 64, 128), network: str = "cifarnet"):
+    """The network (CifarNet unless named) in eval mode with the weights of `pth_path` (a state_dict, as training
+    saves it), with as many classes as its classifier has; a missing, unreadable or mismatched file is a clear
+    error."""
+    from pipeline.model.network import NETWORKS
 
     pth_path = Path(pth_path)
     if not pth_path.is_file():
         raise FileNotFoundError(f"model weights {pth_path} do not exist; run the training task first (doit train)")
     state = read_state(pth_path)
     classifier = state.get("classifier.weight") if isinstance(state, dict) else None
-    model = CifarNet(channels=tuple(channels), num_classes=10 if classifier is None else classifier.shape[0])
+    model = NETWORKS[network](channels=tuple(channels), num_classes=10 if classifier is None else classifier.shape[0])
     load_state(model, pth_path, state)
     return model.eval()
 

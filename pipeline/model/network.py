@@ -1,4 +1,4 @@
-"""The AN13331 CIFAR-10 network: Conv+BN+ReLU, then three Conv+BN+ReLU+MaxPool blocks, then Linear."""
+"""The AN13331 CIFAR-10 network (what is deployed), and the wider teacher that distillation learns from."""
 import torch
 from torch import nn
 
@@ -17,7 +17,8 @@ def conv_bn_relu(in_channels: int, out_channels: int, pool: bool) -> nn.Sequenti
 
 
 class CifarNet(nn.Module):
-    """`channels` gives the width of the four conv blocks; the first block keeps 32x32, the others halve it."""
+    """Conv+BN+ReLU, then three Conv+BN+ReLU+MaxPool blocks, then Linear. `channels` gives the width of the four
+    conv blocks; the first block keeps 32x32, the others halve it."""
 
     def __init__(self, channels=(32, 32, 64, 128), num_classes: int = 10):
         super().__init__()
@@ -30,3 +31,24 @@ class CifarNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class TeacherNet(nn.Module):
+    """Never deployed: a stem Conv+BN+ReLU, then per further width a block of two convolutions (the first
+    followed by a 2x2 max pool), global max pool, Linear. The default (32, 64, 256, 256) has 2.0 M parameters."""
+
+    def __init__(self, channels=(32, 64, 256, 256), num_classes: int = 10):
+        super().__init__()
+        layers, width = [*conv_bn_relu(INPUT_SHAPE[1], channels[0], pool=False)], channels[0]
+        for out in channels[1:]:
+            layers += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(out),
+                       nn.ReLU(inplace=True), *conv_bn_relu(out, out, pool=False)]
+            width = out
+        self.features = nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+NETWORKS = {"cifarnet": CifarNet, "teacher": TeacherNet}

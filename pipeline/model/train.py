@@ -1,31 +1,48 @@
-"""Training stage: CifarNet on the canonical dataset -> cifar.pth (state_dict), metrics.json, training.png.
+"""Training stage: a network on the canonical dataset -> <name>.pth (state_dict), metrics.json, training.png.
 
 Deterministic: fixed thread count, deterministic algorithms, and every epoch's shuffling and augmentation
 drawn from a generator seeded by (seed, epoch). A checkpoint after each epoch therefore lets an interrupted
-run resume and end bit-identical to an uninterrupted one.
+run resume and end bit-identical to an uninterrupted one. With `distillation` > 0 the loss mixes the labels
+with a teacher's soft targets (pipeline.model.distill writes them).
 """
 import hashlib
 import io
 import json
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.utils.deterministic
 from torch import nn
 from tqdm import tqdm
 
 from pipeline.core import atomic
 from pipeline.model.dataset import load_classes, load_split
 from pipeline.model.evaluation import load_state, torch_logits
-from pipeline.model.network import CifarNet
+from pipeline.model import numerics
+from pipeline.model.network import NETWORKS
 from pipeline.model.shapes import to_input
 
 EVAL_BATCH = 500
 
 
+PHASE_PREFIX = "train: "
+
+
+def phase(name: str):
+    """Labels a part of the training loop for torch.profiler (benchmarks/training_speed.py sums them)."""
+    return torch.profiler.record_function(PHASE_PREFIX + name)
+
+
 def setup_determinism(threads: int, seed: int) -> None:
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
+    # Deterministic mode also fills every new tensor with NaN, a guard against kernels reading memory they did not
+    # write; no kernel here does (the reproducibility test compares whole runs), and the fill took a sixth of
+    # each bf16 step.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.manual_seed(seed)
 
 
@@ -55,30 +72,58 @@ def make_optimizer(model, optimizer: str, lr: float, weight_decay: float):
     weights = [p for p in model.parameters() if p.ndim > 1]
     others = [p for p in model.parameters() if p.ndim <= 1]
     groups = [dict(params=weights, weight_decay=weight_decay), dict(params=others, weight_decay=0.0)]
+    # foreach: one fused update of all tensors per step (PyTorch picks it by default on GPUs only)
     if optimizer == "adam":
-        return torch.optim.Adam(groups, lr=lr)
-    return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+        return torch.optim.Adam(groups, lr=lr, foreach=True)
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, foreach=True)
 
 
-def make_average(model, ema_decay: float):
-    """Exponential moving average of the weights and BatchNorm statistics (what is saved), or None. The decay
-    ramps up as (1 + n) / (10 + n) over the first updates, so that a short run is not dominated by the initial
-    weights."""
-    if not ema_decay:
-        return None
-    from torch.optim.swa_utils import AveragedModel
+class WeightAverage:
+    """Exponential moving average of a model's weights and BatchNorm statistics (`module`, what is saved). The
+    decay ramps up as (1 + n) / (10 + n) over the first updates, so that a short run is not dominated by the
+    initial weights. One fused update per step (torch._foreach_lerp_) rather than a loop over tensors."""
 
-    def blend(averaged, current, updates):
-        decay = min(ema_decay, (1.0 + float(updates)) / (10.0 + float(updates)))
-        return averaged + (current - averaged) * (1.0 - decay)
+    def __init__(self, model: nn.Module, decay: float):
+        import copy
 
-    return AveragedModel(model, avg_fn=blend, use_buffers=True)
+        self.module, self.decay, self.updates = copy.deepcopy(model), decay, 0
+        pairs = list(zip([*self.module.parameters(), *self.module.buffers()], [*model.parameters(), *model.buffers()]))
+        self.averaged = [a for a, _ in pairs if a.is_floating_point()]
+        self.current = [c for a, c in pairs if a.is_floating_point()]
+        self.counters = [(a, c) for a, c in pairs if not a.is_floating_point()]  # BatchNorm's batch counts
+
+    @torch.no_grad()
+    def update(self) -> None:
+        decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        torch._foreach_lerp_(self.averaged, self.current, 1.0 - decay)
+        for averaged, current in self.counters:
+            averaged.copy_(current)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = state["updates"]
 
 
 def make_schedule(opt, schedule: str, lr: float, epochs: int, steps_per_epoch: int):
     if schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+
+def distillation_loss(logits, labels, teacher_logits, *, weight: float, temperature: float, label_smoothing: float):
+    """(1 - weight) x cross-entropy with the labels + weight x T^2 x KL(teacher || student) at temperature T
+    (Hinton et al.: T^2 keeps the soft term's gradients at the hard term's scale)."""
+    hard = nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    if not weight:
+        return hard
+    soft = nn.functional.kl_div(nn.functional.log_softmax(logits / temperature, 1),
+                                nn.functional.log_softmax(teacher_logits / temperature, 1),
+                                reduction="batchmean", log_target=True)
+    return (1.0 - weight) * hard + weight * temperature ** 2 * soft
 
 
 def recipe_digest(recipe: dict, data_manifest: Path) -> str:
@@ -95,32 +140,46 @@ def save_state_dict(model: nn.Module, path) -> None:
 
 
 def train(data_dir, pth, *, channels, optimizer, lr, batch_size, epochs, schedule, weight_decay, augment,
-          crop_padding, label_smoothing, ema_decay, seed=0, threads=2, init_from="", preset="",
+          crop_padding, label_smoothing, ema_decay, precision, distillation, distillation_temperature, seed=0,
+          threads=2, init_from="", preset="", network="cifarnet", soft_targets="", test_each_epoch=False,
           progress=True) -> dict:
     """Train on data_dir's canonical dataset; write the deployed state_dict to `pth` and metrics.json,
-    training.png and (while running) checkpoint.pt beside it."""
+    training.png and (while running) checkpoint.pt beside it. `soft_targets`: the teacher's logits per training
+    image (.npy, pipeline.model.distill; needed when distillation > 0). `test_each_epoch` adds the test accuracy to
+    every epoch's record (for accuracy-vs-time curves; nothing is chosen by it)."""
     data_dir, pth = Path(data_dir), Path(pth)
     out_dir = pth.parent
-    recipe = dict(channels=list(channels), optimizer=optimizer, lr=lr, batch_size=batch_size, epochs=epochs,
-                  schedule=schedule, weight_decay=weight_decay, augment=augment, crop_padding=crop_padding,
-                  label_smoothing=label_smoothing, ema_decay=ema_decay, seed=seed, threads=threads,
+    used = numerics.precision_used(precision)
+    numerics.warn_on_fallback(precision, used)
+    if distillation and not soft_targets:
+        raise ValueError("training.distillation > 0 needs the teacher's soft targets (soft_targets=...); "
+                         "set training.distillation = 0 to train from the labels alone")
+    recipe = dict(network=network, channels=list(channels), optimizer=optimizer, lr=lr, batch_size=batch_size,
+                  epochs=epochs, schedule=schedule, weight_decay=weight_decay, augment=augment,
+                  crop_padding=crop_padding, label_smoothing=label_smoothing, ema_decay=ema_decay,
+                  precision=precision, precision_used=used, distillation=distillation,
+                  distillation_temperature=distillation_temperature, seed=seed, threads=threads,
                   init_from=str(init_from), preset=preset)
     setup_determinism(threads, seed)
     classes = load_classes(data_dir)
     train_x, train_y = load_split(data_dir, "train")
     val_x, val_y = load_split(data_dir, "val")
     inputs, targets = torch.from_numpy(to_input(train_x)), torch.from_numpy(train_y)
+    teacher_logits = torch.from_numpy(np.load(soft_targets)) if distillation else None
+    if teacher_logits is not None and teacher_logits.shape != (len(targets), len(classes)):
+        raise ValueError(f"{soft_targets}: soft targets for {teacher_logits.shape[0]} images, the training split "
+                         f"has {len(targets)}; rebuild the teacher (doit teacher) for this dataset")
+    test_x, test_y = load_split(data_dir, "test")
 
-    model = CifarNet(tuple(channels), num_classes=len(classes))
+    model = NETWORKS[network](tuple(channels), num_classes=len(classes))
     if init_from:
         load_state(model, init_from)
     model.to(memory_format=torch.channels_last)  # NHWC convolutions: about 1.4x faster on the CPU
     steps = (len(targets) + batch_size - 1) // batch_size
     opt = make_optimizer(model, optimizer, lr, weight_decay)
     sched = make_schedule(opt, schedule, lr, epochs, steps)
-    average = make_average(model, ema_decay)
+    average = WeightAverage(model, ema_decay) if ema_decay else None
     deployed = average.module if average else model
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
     checkpoint_path = out_dir / "checkpoint.pt"
     digest = recipe_digest(recipe, data_dir / "manifest.json")
@@ -136,7 +195,9 @@ def train(data_dir, pth, *, channels, optimizer, lr, batch_size, epochs, schedul
             history, start_epoch = ckpt["history"], ckpt["epoch"]
             print(f"resuming from {checkpoint_path} after epoch {start_epoch}", file=sys.stderr)
 
+    elapsed, test_seconds = (history[-1]["seconds"] if history else 0.0), 0.0
     for epoch in range(start_epoch, epochs):
+        epoch_start = time.perf_counter()
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(len(targets), generator=gen)
         model.train()
@@ -144,36 +205,53 @@ def train(data_dir, pth, *, channels, optimizer, lr, batch_size, epochs, schedul
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", file=sys.stderr,
                    disable=not progress, leave=True)
         for step in bar:
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            x = inputs[idx]
-            if augment:
-                x = augment_batch(x, gen, crop_padding)
-            logits = model(x.contiguous(memory_format=torch.channels_last))
-            loss = loss_fn(logits, targets[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            with phase("batch"):
+                idx = order[step * batch_size:(step + 1) * batch_size]
+                x = inputs[idx]
+                if augment:
+                    x = augment_batch(x, gen, crop_padding)
+                x = x.contiguous(memory_format=torch.channels_last)
+            with phase("forward"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=used == "bf16"):
+                logits = model(x).float()
+            with phase("loss"):
+                loss = distillation_loss(logits, targets[idx],
+                                         teacher_logits[idx] if distillation else None,
+                                         weight=distillation, temperature=distillation_temperature,
+                                         label_smoothing=label_smoothing)
+            with phase("backward"):
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            with phase("optimizer"):
+                opt.step()
+                sched.step()
             if average:
-                average.update_parameters(model)
-            total_loss += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == targets[idx]).sum())
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        val_acc = evaluate(deployed, val_x, val_y)
-        history.append(dict(epoch=epoch + 1, train_loss=total_loss / len(targets),
+                with phase("weight average"):
+                    average.update()
+            with phase("statistics"):
+                total_loss += float(loss.detach()) * len(idx)
+                correct += int((logits.argmax(1) == targets[idx]).sum())
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        with phase("validation"):
+            val_acc = evaluate(deployed, val_x, val_y)
+        elapsed += time.perf_counter() - epoch_start
+        history.append(dict(epoch=epoch + 1, seconds=elapsed, train_loss=total_loss / len(targets),
                             train_accuracy=correct / len(targets), val_accuracy=val_acc))
+        if test_each_epoch:
+            test_start = time.perf_counter()
+            history[-1]["test_accuracy"] = evaluate(deployed, test_x, test_y)
+            test_seconds += time.perf_counter() - test_start
         print(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['train_loss']:.4f} "
-              f"train {history[-1]['train_accuracy']:.4f} val {val_acc:.4f}", file=sys.stderr)
+              f"train {history[-1]['train_accuracy']:.4f} val {val_acc:.4f} ({elapsed:.0f} s)", file=sys.stderr)
         ckpt = dict(digest=digest, epoch=epoch + 1, model=model.state_dict(), optimizer=opt.state_dict(),
                     schedule=sched.state_dict(), average=average.state_dict() if average else None, history=history)
         with atomic.atomic_path(checkpoint_path) as tmp:
             torch.save(ckpt, tmp)
 
     deployed.to(memory_format=torch.contiguous_format)  # the .pth keeps PyTorch's usual NCHW weight layout
-    test_x, test_y = load_split(data_dir, "test")
     metrics = dict(recipe=recipe, epochs=history, test_accuracy=evaluate(deployed, test_x, test_y),
-                   test_images=int(len(test_y)), train_images=int(len(train_y)))
+                   test_images=int(len(test_y)), train_images=int(len(train_y)),
+                   **({"test_each_epoch_seconds": test_seconds} if test_each_epoch else {}))
     save_state_dict(deployed, pth)
     atomic.write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     plot_training(history, out_dir / "training.png", title=f"{preset or 'custom'} preset")
