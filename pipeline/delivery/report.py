@@ -480,8 +480,8 @@ def report_stage(layout: Layout, *, boards: list[dict], macs: int, accuracy_file
     missing files = skipped steps), the skip records of its `skipped` steps ({board: [step]}), its vendor builds
     (the Zephyr ELF and the SDK's mcux_sdk.json, when they exist) and its TFLite Micro firmware (tflm/firmware.elf,
     tflm/emulator.json); accuracy.json, metrics.json, the training plot, the teacher's metrics.json (when
-    distilled) and the presets' measured training curves (training_curves_file); the int8 bundle's top-1 on the test split
-    (int8_test_predictions, .npy, for the `eval_images` class-balanced subset as accuracy.json) with the test
+    distilled) and the presets' measured training curves (training_curves_file); the int8 bundle's top-1 on the
+    test split (int8_test_predictions, .npy, for the `eval_images` class-balanced subset as accuracy.json) with the test
     labels and classes.json; evaluations {"hardening"|"robustness"|"parity": {"summary": JSON,
     "markdown": file, "figure": PNG (optional)}}. Provenance: the config's digest, repo_dir's git commit and the
     tool versions (as in the release manifest)."""
