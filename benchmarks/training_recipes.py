@@ -62,7 +62,7 @@ def teacher_run(data: Path, out: Path, threads: int) -> dict:
         teacher = CONFIG["teacher"]
         start = time.perf_counter()
         metrics = distill.teacher(data, folder, channels=teacher["channels"], seed=teacher["seed"], threads=threads,
-                                  progress=False, **{key: teacher[key] for key in config.RECIPE_KEYS})
+                                  progress=False, timed=True, **{key: teacher[key] for key in config.RECIPE_KEYS})
         metrics["seconds"] = time.perf_counter() - start  # training and soft targets
         (folder / "benchmark.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return json.loads((folder / "benchmark.json").read_text())
@@ -98,7 +98,7 @@ def run(name: str, seed: int, data: Path, out: Path, threads: int) -> dict:
     print(f"[{name}, seed {seed}] training ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     metrics = train.train(data, folder / "cifar.pth", channels=CONFIG["model"]["channels"], **recipe, seed=seed,
-                          threads=threads, preset=name, soft_targets=soft_targets,
+                          threads=threads, preset=name, soft_targets=soft_targets, timed=True,
                           test_each_epoch=name in CURVES and seed == 0, progress=False)
     # wall-clock of the whole call (loading the data, every epoch, the final test), less the per-epoch test
     # evaluations the plain stage does not make

@@ -42,7 +42,8 @@ def one_epoch(data: Path, recipe: dict, fill: bool, threads: int, soft_targets) 
     try:
         with tempfile.TemporaryDirectory() as out:
             return train.train(data, Path(out) / "cifar.pth", channels=CONFIG["model"]["channels"],
-                               **dict(recipe, epochs=1), threads=threads, soft_targets=soft_targets, progress=False)
+                               **dict(recipe, epochs=1), threads=threads, soft_targets=soft_targets, timed=True,
+                               progress=False)
     finally:
         train.setup_determinism = real_setup
 

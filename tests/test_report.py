@@ -114,14 +114,12 @@ def test_per_layer_rows_come_from_emulator_json_when_present(tmp_path):
 def test_recipe_in_words_follows_the_preset():
     recipe = {**TRAINING_PRESETS["default"], "channels": [32, 32, 64, 128], "seed": 0, "threads": 2,
               "init_from": "", "preset": "default", "precision_used": "bf16"}
-    epochs = [{"epoch": n + 1, "seconds": 19.5 * (n + 1)} for n in range(recipe["epochs"])]
     words = report.recipe_words({"recipe": recipe, "train_images": 48_500, "test_accuracy": 0.8407,
-                                 "test_images": 10_000, "epochs": epochs})
-    assert f"{19.5 * recipe['epochs'] / 60:.1f} minutes of training (19.5 s per epoch)" in words
+                                 "test_images": 10_000})
     assert f"teacher's soft targets (weight {recipe['distillation']:g}" in words
     assert "convolutions in bfloat16" in words
     fallback = report.recipe_words({"recipe": {**recipe, "precision_used": "fp32"}, "train_images": 48_500,
-                                    "test_accuracy": 0.8407, "test_images": 10_000, "epochs": epochs})
+                                    "test_accuracy": 0.8407, "test_images": 10_000})
     assert "float32 throughout (bf16 asked for; this CPU has none)" in fallback
     assert f"SGD with Nesterov momentum 0.9, one-cycle schedule peaking at learning rate {recipe['lr']:g}" in words
     assert f"batch {recipe['batch_size']}, {recipe['epochs']} epochs" in words
@@ -342,11 +340,8 @@ def test_vendor_build_sizes_are_read_from_their_elf(smoke_build):
     assert row(report.board_section(entry, MACS), "zephyr")[1:] == [bytes_cell(flash), bytes_cell(sram)]
 
 
-def test_training_time_is_this_builds_and_the_curves_are_the_benchmarks(smoke_build):
+def test_training_cost_is_the_benchmarks_measurement(smoke_build):
     markdown = (smoke_build / "build" / "report.md").read_text(encoding="utf-8")
-    metrics = json.loads((smoke_build / "build" / "model" / "metrics.json").read_text())
-    seconds = metrics["epochs"][-1]["seconds"]
-    assert f"{seconds / 60:.1f} minutes of training ({seconds / len(metrics['epochs']):.1f} s per epoch)" in markdown
     curves = json.loads((ROOT / TRAINING_CURVES).read_text())
     assert set(curves["curves"]) == {"default", "an13331"}
     for name, runs in curves["curves"].items():

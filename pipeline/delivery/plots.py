@@ -90,15 +90,10 @@ def bar_plot(labels, values, path, *, title: str, xlabel: str) -> None:
         ax.set(xlabel=xlabel, title=title)
 
 
-def accuracy_time_plot(curves: dict, path, *, title: str, point=None) -> None:
-    """Accuracy against training minutes: one line per run ({label: (minutes, accuracies)}), and optionally one
-    marked point (label, minutes, accuracy), e.g. this build's final result."""
+def accuracy_time_plot(curves: dict, path, *, title: str) -> None:
+    """Accuracy against training minutes: one line per run ({label: (minutes, accuracies)})."""
     with figure(path, figsize=(6, 3.8)) as (_, ax):
         for label, (minutes, accuracies) in curves.items():
             ax.plot(minutes, [100 * a for a in accuracies], marker="o", markersize=3, label=label)
-        if point:
-            label, minutes, accuracy = point
-            ax.plot([minutes], [100 * accuracy], marker="*", markersize=12, linestyle="none", color="black",
-                    label=label)
         ax.set(xlabel="training wall-clock (minutes)", ylabel="test accuracy (%)", title=title)
         ax.legend()

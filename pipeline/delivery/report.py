@@ -219,32 +219,29 @@ def recipe_words(metrics: dict) -> str:
                "convolutions in bfloat16 (CPU autocast)" if r["precision_used"] == "bf16" else
                "float32 throughout" + (" (bf16 asked for; this CPU has none)" if r["precision"] == "bf16" else "")]
     start = f"starting from {r['init_from']}" if r["init_from"] else "from scratch"
-    seconds = metrics["epochs"][-1]["seconds"]
     return (f"Preset `{r['preset']}`: {optimizer}, {schedule} learning rate {r['lr']:g}, batch {r['batch_size']}, "
             f"{r['epochs']} epoch{'s' * (r['epochs'] != 1)}; {'; '.join(options)}. Channels "
             f"{'-'.join(map(str, r['channels']))}, {metrics['train_images']:,} training images, {start}, seed "
-            f"{r['seed']}, {r['threads']} thread{'s' * (r['threads'] != 1)}: {seconds / 60:.1f} minutes of "
-            f"training ({seconds / len(metrics['epochs']):.1f} s per epoch). Float test accuracy "
+            f"{r['seed']}, {r['threads']} thread{'s' * (r['threads'] != 1)}. Float test accuracy "
             f"{metrics['test_accuracy']:.2%} on {metrics['test_images']:,} images.")
 
 
 def teacher_words(teacher: dict) -> str:
     """The distillation teacher's metrics.json as a sentence: what it is and what it cost."""
-    r, seconds = teacher["recipe"], teacher["epochs"][-1]["seconds"]
+    r = teacher["recipe"]
     return (f"The teacher (channels {'-'.join(map(str, r['channels']))}, never deployed) reached "
-            f"{teacher['test_accuracy']:.2%} float test accuracy after {r['epochs']} epochs, {seconds / 60:.1f} "
-            f"minutes of training: a step of its own, cached, so it is paid once, not per student.")
+            f"{teacher['test_accuracy']:.2%} float test accuracy after {r['epochs']} epochs: a step of its own, "
+            f"cached, so it is paid once, not per student.")
 
 
-def training_cost_lines(metrics: dict, curves: dict, figure: str) -> list[str]:
-    """This build's training time and accuracy beside the presets' curves the training benchmark measured."""
-    seconds = metrics["epochs"][-1]["seconds"]
+def training_cost_lines(curves: dict, figure: str) -> list[str]:
+    """What the presets' training costs, as the training benchmark measured it (a build's own wall-clock stays out
+    of the report, which is byte-identical from build to build; the run summary prints it)."""
     finals = "; ".join(f"`{name}` {runs[-1]['test_accuracy']:.2%} after {runs[-1]['seconds'] / 60:.1f} min"
                        for name, runs in curves["curves"].items())
     return [f"![Test accuracy vs training time]({figure})", "",
-            f"Test accuracy per epoch against training wall-clock, measured by {curves['measured_by']} "
-            f"({curves['threads']} threads, seed {curves['seed']}): {finals}. This build: "
-            f"{metrics['test_accuracy']:.2%} after {seconds / 60:.1f} min.", ""]
+            f"What training costs: test accuracy per epoch against training wall-clock, measured by "
+            f"{curves['measured_by']} ({curves['threads']} threads, seed {curves['seed']}): {finals}.", ""]
 
 
 def model_section(metrics, accuracy, matrix, classes, parity, figures: dict, *, teacher: dict | None,
@@ -252,7 +249,7 @@ def model_section(metrics, accuracy, matrix, classes, parity, figures: dict, *, 
     per_class = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
     lines = ["## Model", "", f"![Training curves]({figures['training']})", "", recipe_words(metrics), "",
              *([teacher_words(teacher), ""] if teacher else []),
-             *training_cost_lines(metrics, curves, figures["accuracy_time"]),
+             *training_cost_lines(curves, figures["accuracy_time"]),
              f"Confusion matrix of the deployed int8 model on {int(matrix.sum()):,} test images (rows: true class):",
              "", f"![Confusion matrix, deployed int8]({figures['confusion']})", "",
              *_table(("Class", "Images", "int8 accuracy"),
@@ -514,8 +511,7 @@ def report_stage(layout: Layout, *, boards: list[dict], macs: int, accuracy_file
         plots.confusion_matrix_plot(matrix, classes, tmp / "confusion.png", "Deployed int8, test split")
         plots.accuracy_time_plot(
             {f"{name} preset (benchmark)": ([e["seconds"] / 60 for e in runs], [e["test_accuracy"] for e in runs])
-             for name, runs in curves["curves"].items()}, tmp / "accuracy_time.png", title="Accuracy per minute",
-            point=("this build", metrics["epochs"][-1]["seconds"] / 60, metrics["test_accuracy"]))
+             for name, runs in curves["curves"].items()}, tmp / "accuracy_time.png", title="Accuracy per minute")
         for entry in entries:
             name, links = entry["board"]["name"], {}
             if entry["memory"]:

@@ -141,12 +141,13 @@ def save_state_dict(model: nn.Module, path) -> None:
 
 def train(data_dir, pth, *, channels, optimizer, lr, batch_size, epochs, schedule, weight_decay, augment,
           crop_padding, label_smoothing, ema_decay, precision, distillation, distillation_temperature, seed=0,
-          threads=2, init_from="", preset="", network="cifarnet", soft_targets="", test_each_epoch=False,
-          progress=True) -> dict:
+          threads=2, init_from="", preset="", network="cifarnet", soft_targets="", timed=False,
+          test_each_epoch=False, progress=True) -> dict:
     """Train on data_dir's canonical dataset; write the deployed state_dict to `pth` and metrics.json,
     training.png and (while running) checkpoint.pt beside it. `soft_targets`: the teacher's logits per training
-    image (.npy, pipeline.model.distill; needed when distillation > 0). `test_each_epoch` adds the test accuracy to
-    every epoch's record (for accuracy-vs-time curves; nothing is chosen by it)."""
+    image (.npy, pipeline.model.distill; needed when distillation > 0). For the training benchmarks: `timed` adds
+    the wall-clock seconds so far to every epoch's record (the build's metrics.json leaves them out: it is
+    byte-identical from run to run), `test_each_epoch` the test accuracy (nothing is chosen by it)."""
     data_dir, pth = Path(data_dir), Path(pth)
     out_dir = pth.parent
     used = numerics.precision_used(precision)
@@ -195,7 +196,7 @@ def train(data_dir, pth, *, channels, optimizer, lr, batch_size, epochs, schedul
             history, start_epoch = ckpt["history"], ckpt["epoch"]
             print(f"resuming from {checkpoint_path} after epoch {start_epoch}", file=sys.stderr)
 
-    elapsed, test_seconds = (history[-1]["seconds"] if history else 0.0), 0.0
+    elapsed, test_seconds = (history[-1].get("seconds", 0.0) if history else 0.0), 0.0
     for epoch in range(start_epoch, epochs):
         epoch_start = time.perf_counter()
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -235,14 +236,15 @@ def train(data_dir, pth, *, channels, optimizer, lr, batch_size, epochs, schedul
         with phase("validation"):
             val_acc = evaluate(deployed, val_x, val_y)
         elapsed += time.perf_counter() - epoch_start
-        history.append(dict(epoch=epoch + 1, seconds=elapsed, train_loss=total_loss / len(targets),
-                            train_accuracy=correct / len(targets), val_accuracy=val_acc))
+        history.append(dict(epoch=epoch + 1, train_loss=total_loss / len(targets),
+                            train_accuracy=correct / len(targets), val_accuracy=val_acc,
+                            **({"seconds": elapsed} if timed else {})))
         if test_each_epoch:
             test_start = time.perf_counter()
             history[-1]["test_accuracy"] = evaluate(deployed, test_x, test_y)
             test_seconds += time.perf_counter() - test_start
         print(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['train_loss']:.4f} "
-              f"train {history[-1]['train_accuracy']:.4f} val {val_acc:.4f} ({elapsed:.0f} s)", file=sys.stderr)
+              f"train {history[-1]['train_accuracy']:.4f} val {val_acc:.4f}", file=sys.stderr)
         ckpt = dict(digest=digest, epoch=epoch + 1, model=model.state_dict(), optimizer=opt.state_dict(),
                     schedule=sched.state_dict(), average=average.state_dict() if average else None, history=history)
         with atomic.atomic_path(checkpoint_path) as tmp:
