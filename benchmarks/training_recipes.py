@@ -49,6 +49,10 @@ RECIPES = {
     "an13331": Recipe("the note's recipe: Adam 0.001, batch 16, no augmentation, fp32", AN13331, (0,), True),
     "no_distillation": Recipe("the default without the teacher (labels only)", dict(DEFAULT, distillation=0.0),
                               (0,), True),
+    "weight_decay_1e-3": Recipe("the default with the previous weight decay", dict(DEFAULT, weight_decay=1e-3),
+                                (0,), True),
+    "plain_start": Recipe("the default with random flips and PyTorch's initialisation of the first convolution",
+                          dict(DEFAULT, flip="random", whitening_init=False), (0,), True),
     "short_fp32": Recipe("the default, 8 epochs, labels only, fp32", dict(SHORT, precision="fp32"), (0, 1), False),
     "short_bf16": Recipe("the same in bf16", dict(SHORT, precision="bf16"), (0, 1), False),
 }

@@ -209,8 +209,10 @@ def recipe_words(metrics: dict) -> str:
     schedule = {"constant": "constant", "onecycle": "one-cycle schedule peaking at"}[r["schedule"]]
     options = [f"weight decay {r['weight_decay']:g} on the conv and linear weights" if r["weight_decay"]
                else "no weight decay",
-               f"random flip and {r['crop_padding']}-pixel crop" if r["augment"] and r["crop_padding"]
-               else "random flip" if r["augment"] else "no augmentation",
+               (f"{r['flip']} flips" + (f" and {r['crop_padding']}-pixel crop" if r["crop_padding"] else ""))
+               if r["augment"] else "no augmentation",
+               "the first convolution starts as a whitening of the images' patches" if r["whitening_init"]
+               else "PyTorch's initialisation",
                f"label smoothing {r['label_smoothing']:g}" if r["label_smoothing"] else "no label smoothing",
                f"the saved weights are a moving average (decay {r['ema_decay']:g})" if r["ema_decay"]
                else "the saved weights are the last ones",

@@ -46,8 +46,9 @@ def setup_determinism(threads: int, seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator, crop_padding: int) -> torch.Tensor:
-    """Random crop after `crop_padding` pixels of reflection padding (0: no crop), and horizontal flip."""
+def augment_batch(x: torch.Tensor, gen: torch.Generator, crop_padding: int, flip=None) -> torch.Tensor:
+    """Random crop after `crop_padding` pixels of reflection padding (0: no crop), and horizontal flip of the
+    images `flip` marks (None: each at random)."""
     n = x.shape[0]
     if crop_padding:
         padded = nn.functional.pad(x, (crop_padding,) * 4, mode="reflect")
@@ -55,8 +56,42 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, crop_padding: int) -> t
         rows = (dy[:, None] + torch.arange(32))[:, None, :, None].expand(n, 3, 32, padded.shape[3])
         cols = (dx[:, None] + torch.arange(32))[:, None, None, :].expand(n, 3, 32, 32)
         x = padded.gather(2, rows).gather(3, cols)
-    flip = torch.rand(n, generator=gen) < 0.5
+    if flip is None:
+        flip = torch.rand(n, generator=gen) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def alternating_flips(count: int, seed: int, epoch: int) -> torch.Tensor:
+    """Which of `count` training images to mirror in `epoch` for flip = "alternating": drawn once per image, then
+    inverted from epoch to epoch, so every image is seen both ways in any two epochs in a row (random flips show
+    a quarter of the images the same way twice)."""
+    first = torch.rand(count, generator=torch.Generator().manual_seed(seed)) < 0.5
+    return first ^ bool(epoch % 2)
+
+
+@torch.no_grad()
+def whiten_first_conv(model: nn.Module, inputs: torch.Tensor, eps: float = 5e-3, stride: int = 5) -> None:
+    """Start the first convolution as a whitening filter bank of the input's k x k patches (every `stride`-th
+    training image): each filter a leading eigenvector of the patches' covariance over sqrt(eigenvalue + eps),
+    then the same filters negated (the ReLU after BatchNorm keeps one sign). Its responses to the patches are then
+    uncorrelated, of variance eigenvalue / (eigenvalue + eps): one for the strong directions, eps damps the faint,
+    noisy ones. The filters go on training like any weight; those beyond twice the patch size keep PyTorch's
+    initialisation."""
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    size = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    products, sums, count = torch.zeros(size, size, dtype=torch.float64), torch.zeros(size, dtype=torch.float64), 0
+    for chunk in inputs[::stride].split(1000):
+        patches = nn.functional.unfold(chunk.double(), conv.kernel_size).transpose(1, 2).reshape(-1, size)
+        products += patches.T @ patches
+        sums += patches.sum(0)
+        count += len(patches)
+    mean = sums / count
+    values, vectors = torch.linalg.eigh(products / count - torch.outer(mean, mean))  # ascending eigenvalues
+    pairs = min(conv.out_channels // 2, size)
+    filters = (vectors[:, -pairs:] / (values[-pairs:] + eps).sqrt()).T.flip(0)  # largest eigenvalue first
+    conv.weight[:2 * pairs] = torch.cat([filters, -filters]).reshape(2 * pairs, *conv.weight.shape[1:]).float()
+    if conv.bias is not None:
+        conv.bias[:2 * pairs] = 0.0
 
 
 def evaluate(model: nn.Module, images, labels) -> float:
@@ -140,7 +175,8 @@ def save_state_dict(model: nn.Module, path) -> None:
 
 
 def train(data_dir, pth, *, channels, optimizer, lr, batch_size, epochs, schedule, weight_decay, augment,
-          crop_padding, label_smoothing, ema_decay, precision, distillation, distillation_temperature, seed=0,
+          crop_padding, flip, whitening_init, label_smoothing, ema_decay, precision, distillation,
+          distillation_temperature, seed=0,
           threads=2, init_from="", preset="", network="cifarnet", soft_targets="", timed=False,
           test_each_epoch=False, progress=True) -> dict:
     """Train on data_dir's canonical dataset; write the deployed state_dict to `pth` and metrics.json,
@@ -157,7 +193,8 @@ def train(data_dir, pth, *, channels, optimizer, lr, batch_size, epochs, schedul
                          "set training.distillation = 0 to train from the labels alone")
     recipe = dict(network=network, channels=list(channels), optimizer=optimizer, lr=lr, batch_size=batch_size,
                   epochs=epochs, schedule=schedule, weight_decay=weight_decay, augment=augment,
-                  crop_padding=crop_padding, label_smoothing=label_smoothing, ema_decay=ema_decay,
+                  crop_padding=crop_padding, flip=flip, whitening_init=whitening_init,
+                  label_smoothing=label_smoothing, ema_decay=ema_decay,
                   precision=precision, precision_used=used, distillation=distillation,
                   distillation_temperature=distillation_temperature, seed=seed, threads=threads,
                   init_from=str(init_from), preset=preset)
@@ -173,7 +210,9 @@ def train(data_dir, pth, *, channels, optimizer, lr, batch_size, epochs, schedul
     test_x, test_y = load_split(data_dir, "test")
 
     model = NETWORKS[network](tuple(channels), num_classes=len(classes))
-    if init_from:
+    if whitening_init:
+        whiten_first_conv(model, inputs)
+    if init_from:  # replaces every weight, the whitening's too
         load_state(model, init_from)
     model.to(memory_format=torch.channels_last)  # NHWC convolutions: about 1.4x faster on the CPU
     steps = (len(targets) + batch_size - 1) // batch_size
@@ -201,6 +240,7 @@ def train(data_dir, pth, *, channels, optimizer, lr, batch_size, epochs, schedul
         epoch_start = time.perf_counter()
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(len(targets), generator=gen)
+        flips = alternating_flips(len(targets), seed, epoch) if flip == "alternating" else None
         model.train()
         total_loss, correct = 0.0, 0
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", file=sys.stderr,
@@ -210,7 +250,7 @@ def train(data_dir, pth, *, channels, optimizer, lr, batch_size, epochs, schedul
                 idx = order[step * batch_size:(step + 1) * batch_size]
                 x = inputs[idx]
                 if augment:
-                    x = augment_batch(x, gen, crop_padding)
+                    x = augment_batch(x, gen, crop_padding, None if flips is None else flips[idx])
                 x = x.contiguous(memory_format=torch.channels_last)
             with phase("forward"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=used == "bf16"):
                 logits = model(x).float()
