@@ -4,7 +4,7 @@ export, profile, tuning, the int8 bundle's C on the host) on a dataset the `data
 built. Prints, per run, float and deployed int8 test accuracy and training wall-clock; then the presets' wall-
 clock side by side, the mean of the default's seeds, fp32 against bf16, and the teacher's cost.
 
-  python benchmarks/training_recipes.py --data build/data                  # every recipe (about 1 h 40 min)
+  python benchmarks/training_recipes.py --data build/data                  # every recipe (about 2 h)
   python benchmarks/training_recipes.py --data build/data --only default --seeds 0 1 2
   python benchmarks/training_recipes.py --data build/data --curves docs/training_curves.json   # the report's
 
@@ -32,8 +32,9 @@ from pipeline.model import distill, export, train  # noqa: E402
 CONFIG = config.load(REPO / "pipeline.toml")
 DEFAULT = config.TRAINING_PRESETS["default"]
 AN13331 = config.TRAINING_PRESETS["an13331"]
-# fp32 against bf16 on one recipe: the default's, 8 epochs, from the labels (no teacher).
-SHORT = dict(DEFAULT, epochs=8, distillation=0.0)
+# fp32 against bf16 on one recipe: the previous default's (weight decay 1e-3), 8 epochs, from the labels (no
+# teacher); measured before the default's weight decay changed, and kept so the comparison stays the one measured.
+SHORT = dict(DEFAULT, epochs=8, distillation=0.0, weight_decay=1e-3)
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,10 @@ RECIPES = {
                               (0,), True),
     "weight_decay_1e-3": Recipe("the default with the previous weight decay", dict(DEFAULT, weight_decay=1e-3),
                                 (0,), True),
-    "plain_start": Recipe("the default with random flips and PyTorch's initialisation of the first convolution",
-                          dict(DEFAULT, flip="random", whitening_init=False), (0,), True),
-    "short_fp32": Recipe("the default, 8 epochs, labels only, fp32", dict(SHORT, precision="fp32"), (0, 1), False),
+    "whitening_alternating": Recipe("the default with whitening_init and alternating flips",
+                                    dict(DEFAULT, flip="alternating", whitening_init=True), (0, 1, 2), True),
+    "short_fp32": Recipe("the previous default, 8 epochs, labels only, fp32", dict(SHORT, precision="fp32"),
+                         (0, 1), False),
     "short_bf16": Recipe("the same in bf16", dict(SHORT, precision="bf16"), (0, 1), False),
 }
 CURVES = ("default", "an13331")  # their seed-0 runs record the test accuracy of every epoch (--curves, the report)

@@ -6,9 +6,11 @@
     python tests/audit_tasks.py run TASKS.pkl TASK OUT.json
         runs TASK's actions in this fresh process under an audit hook (sys.addaudithook) and writes what they
         imported, opened for reading and handed to other programs
-    python tests/audit_tasks.py settings OUT.json CONFIG.toml...
+    python tests/audit_tasks.py settings OUT.json [--cpu-flags=FLAG,...] CONFIG.toml...
         (in a project tree, declaring only: nothing is built or locked) for each config file, every task's
-        config dependency: {config: {task: the values doit's config_changed compares}}
+        config dependency: {config: {task: {"config_changed": the values doit compares, "cache_key": the settings
+        in its step-cache key, or null}}}; with --cpu-flags, as declared on a CPU with only those flags (what
+        pipeline.model.numerics reads from /proc/cpuinfo)
 
 Run in a fresh process per task, before anything of the project is imported, so every module a task uses fires
 its import event while the task runs. Nothing here imports the project before the hook is installed.
@@ -44,21 +46,28 @@ def dump(out_path, doit_vars):
         pickle.dump(tasks, f)
 
 
-def settings(out_path, config_paths):
+def settings(out_path, config_paths, cpu_flags=None):
     import runpy
 
     from doit import doit_cmd, loader
+    from doit.action import PythonAction
 
     import pipeline.core.tasks
+    from pipeline.model import numerics
 
     pipeline.core.tasks.hold_build_lock = lambda build_dir: None  # declaring only: several configs, no builds
+    if cpu_flags is not None:
+        numerics.cpu_flags = lambda: frozenset(cpu_flags)
     result = {}
     for config_path in config_paths:
         doit_cmd.reset_vars()
         doit_cmd.set_var("config", config_path)
         tasks = loader.load_tasks(runpy.run_path("dodo.py"), command_names=())
-        result[config_path] = {task.name: [check.config for check, _, _ in task.uptodate if hasattr(check, "config")]
-                               for task in tasks if task.actions}
+        result[config_path] = {task.name: {
+            "config_changed": [check.config for check, _, _ in task.uptodate if hasattr(check, "config")],
+            "cache_key": next((action.args[3] for action in task.actions if isinstance(action, PythonAction)
+                               and action.py_callable.__name__ == "run_cached_action"), None),
+        } for task in tasks if task.actions}
     with open(out_path, "w") as f:
         json.dump(result, f, default=str)
 
@@ -97,6 +106,8 @@ if __name__ == "__main__":
     if sys.argv[1] == "dump":
         dump(sys.argv[2], sys.argv[3:])
     elif sys.argv[1] == "settings":
-        settings(sys.argv[2], sys.argv[3:])
+        flags = [arg.partition("=")[2].split(",") for arg in sys.argv[3:] if arg.startswith("--cpu-flags=")]
+        settings(sys.argv[2], [arg for arg in sys.argv[3:] if not arg.startswith("--cpu-flags=")],
+                 flags[0] if flags else None)
     else:
         run(*sys.argv[2:5])

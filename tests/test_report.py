@@ -126,10 +126,13 @@ def test_recipe_in_words_follows_the_preset():
     assert f"weight decay {recipe['weight_decay']:g} on the conv and linear weights" in words
     assert f"{recipe['crop_padding']}-pixel crop" in words and f"moving average (decay {recipe['ema_decay']:g})" in words
     assert "48,500 training images" in words and "84.07%" in words
-    assert "alternating flips and 2-pixel crop" in words and "starts as a whitening" in words
+    assert "random flips and 2-pixel crop" in words and "PyTorch's initialisation" in words
+    options = report.recipe_words({"recipe": {**recipe, "flip": "alternating", "whitening_init": True},
+                                   "train_images": 48_500, "test_accuracy": 0.8407, "test_images": 10_000})
+    assert "alternating flips and 2-pixel crop" in options and "starts as a whitening" in options
     note = report.recipe_words({"recipe": {**recipe, **TRAINING_PRESETS["an13331"]}, "train_images": 48_500,
                                 "test_accuracy": 0.76, "test_images": 10_000})
-    assert "no augmentation" in note and "PyTorch's initialisation" in note and "whitening" not in note
+    assert "no augmentation" in note and "flips" not in note
 
 
 def test_bad_json_and_unknown_evaluations_are_named(tmp_path):

@@ -176,9 +176,8 @@ def save_state_dict(model: nn.Module, path) -> None:
 
 def train(data_dir, pth, *, channels, optimizer, lr, batch_size, epochs, schedule, weight_decay, augment,
           crop_padding, flip, whitening_init, label_smoothing, ema_decay, precision, distillation,
-          distillation_temperature, seed=0,
-          threads=2, init_from="", preset="", network="cifarnet", soft_targets="", timed=False,
-          test_each_epoch=False, progress=True) -> dict:
+          distillation_temperature, seed=0, threads=2, init_from="", preset="", network="cifarnet", soft_targets="",
+          timed=False, test_each_epoch=False, progress=True) -> dict:
     """Train on data_dir's canonical dataset; write the deployed state_dict to `pth` and metrics.json,
     training.png and (while running) checkpoint.pt beside it. `soft_targets`: the teacher's logits per training
     image (.npy, pipeline.model.distill; needed when distillation > 0). For the training benchmarks: `timed` adds
