@@ -181,7 +181,8 @@ def test_pth_for_another_network_is_refused(data_dir, tmp_path):
 
 def test_weight_average_of_a_short_run_is_not_the_initial_weights(data_dir, tmp_path):
     """The average's decay ramps up: one epoch of a few steps ends near the trained weights, not the initial.
-    (PyTorch's initialisation: 5 steps from 8 whitening filters of 300 synthetic images reach only 30 %.)"""
+    (Pinned to PyTorch's initialisation: from whitening_init's 8 filters of 300 synthetic images, 5 steps reach
+    only 30 %.)"""
     recipe = dict(LABELS_ONLY, epochs=1, whitening_init=False)
     averaged = run(data_dir, tmp_path / "average", **recipe)
     last = run(data_dir, tmp_path / "last", **{**recipe, "ema_decay": 0.0})

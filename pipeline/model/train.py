@@ -209,10 +209,10 @@ def train(data_dir, pth, *, channels, optimizer, lr, batch_size, epochs, schedul
     test_x, test_y = load_split(data_dir, "test")
 
     model = NETWORKS[network](tuple(channels), num_classes=len(classes))
-    if whitening_init:
-        whiten_first_conv(model, inputs)
-    if init_from:  # replaces every weight, the whitening's too
+    if init_from:  # every weight comes from the .pth: nothing to whiten
         load_state(model, init_from)
+    elif whitening_init:
+        whiten_first_conv(model, inputs)
     model.to(memory_format=torch.channels_last)  # NHWC convolutions: about 1.4x faster on the CPU
     steps = (len(targets) + batch_size - 1) // batch_size
     opt = make_optimizer(model, optimizer, lr, weight_decay)
