@@ -45,6 +45,9 @@ def test_exported_model_matches_pytorch_in_onnx_runtime(inputs, tmp_path):
     model = onnx.load(tmp_path / "cifar.onnx")
     assert model.opset_import[0].version == 13
     assert "BatchNormalization" not in {n.op_type for n in model.graph.node}
+    # the note's layer order, although training runs each block's ReLU after its pool (pipeline.model.network)
+    layers = [n.op_type for n in model.graph.node if n.op_type in ("Conv", "Relu", "MaxPool")]
+    assert layers == ["Conv", "Relu"] + ["Conv", "Relu", "MaxPool"] * 3
     images, _ = dataset.load_split(inputs[0], "test")
     x = to_input(images[:1])
     got = ort.InferenceSession(str(tmp_path / "cifar.onnx")).run(["output"], {"input": x})[0]

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ from pipeline.core import config
 from pipeline.model import dataset, distill, numerics
 from pipeline.model import train
 from pipeline.model.evaluation import ModelFileError, load_model
-from pipeline.model.network import CifarNet
+from pipeline.model.network import CifarNet, ConvBlock
 from pipeline.model.shapes import to_input
 
 RECIPE = dict(config.TRAINING_PRESETS["an13331"], epochs=3)
@@ -188,6 +189,35 @@ def test_weight_average_of_a_short_run_is_not_the_initial_weights(data_dir, tmp_
     last = run(data_dir, tmp_path / "last", **{**recipe, "ema_decay": 0.0})
     assert averaged["test_accuracy"] >= last["test_accuracy"] - 0.1
     assert averaged["test_accuracy"] > 0.3, "well above the 10% of chance"
+
+
+@pytest.mark.parametrize("precision", [
+    "fp32", pytest.param("bf16", marks=pytest.mark.skipif(numerics.precision_used("bf16") != "bf16",
+                                                            reason="this CPU has no native BF16"))])
+def test_a_training_block_pools_before_its_relu_with_the_notes_exact_results(precision):
+    """Training's faster order (pool, then ReLU on a quarter of the elements) against the note's order as plain
+    nn.Sequential: the same outputs, gradients and BatchNorm statistics, bit for bit; evaluation keeps the
+    note's order. A negative BatchNorm shift makes whole windows negative (where the note's order ties at zero)."""
+    torch.manual_seed(0)
+    block = ConvBlock(3, 8, pool=True).train()
+    block[1].bias.data.fill_(-0.7)
+    notes_order = torch.nn.Sequential(*copy.deepcopy(block))
+    relu_inputs = []
+    block[2].register_forward_hook(lambda module, args, out: relu_inputs.append(tuple(args[0].shape)))
+    x = torch.randn(16, 3, 32, 32)
+    results = []
+    for net in (block, notes_order):
+        leaf = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = net(leaf).float()
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        results.append([out, leaf.grad, *(p.grad for p in net.parameters()), net[1].running_mean, net[1].running_var])
+    assert relu_inputs == [(16, 8, 16, 16)], "training did not run the ReLU after the pool"
+    assert (results[0][0] == 0).float().mean() > 0.2, "no negative windows: the test would miss the ReLU's gradient"
+    for ours, note in zip(*results):
+        assert torch.equal(ours, note)
+    block.eval()(x)
+    assert relu_inputs[-1] == (16, 8, 32, 32), "evaluation (and export) keep the note's order"
 
 
 @pytest.mark.skipif(numerics.precision_used("bf16") != "bf16", reason="this CPU has no native BF16")
