@@ -7,6 +7,7 @@ clock side by side, the mean of the default's seeds, fp32 against bf16, and the 
   python benchmarks/training_recipes.py --data build/data                  # every recipe (about 2 h)
   python benchmarks/training_recipes.py --data build/data --only default --seeds 0 1 2
   python benchmarks/training_recipes.py --data build/data --curves docs/training_curves.json   # the report's
+  python benchmarks/training_recipes.py --data build/data --only an13331 default --seeds 0   # the note's first
 
 The seed-0 runs of both presets record their test accuracy after every epoch (not counted in their wall-clock;
 nothing is chosen by it). Each run goes to --out/<recipe>-seed<N>/; finished runs are reused, so a benchmark can

@@ -79,8 +79,8 @@ def main() -> int:
         summary[mode] = epoch_seconds
         distilled = ", distilled" if recipe["distillation"] else ""
         print(f"## {mode}: {metrics['recipe']['precision_used']}{distilled}, "
-              f"{'NaN fill' if fill else 'no fill'}, ReLU {'before' if notes_order else 'after'} the pool, batch {recipe['batch_size']}, {steps} steps, "
-              f"{args.threads} threads")
+              f"{'NaN fill' if fill else 'no fill'}, ReLU {'before' if notes_order else 'after'} the pool, "
+              f"batch {recipe['batch_size']}, {steps} steps, {args.threads} threads")
         print(f"epoch {epoch_seconds:.1f} s ({epoch_seconds / steps * 1000:.1f} ms/step); the whole call with "
               f"data loading and the final test: {call_seconds:.1f} s")
         profiled = sum(phases.values())
