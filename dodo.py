@@ -110,17 +110,16 @@ def task_train():
 
 def task_export():
     """Export to ONNX, verified by ONNX Runtime against PyTorch, with model-zoo test data."""
-    export = CONFIG["export"]
     return step("model.export:export", cached=True, inputs=[LAYOUT.pth, *LAYOUT.split("val")], outputs=LAYOUT.export,
-                pth=LAYOUT.pth, out_onnx=LAYOUT.onnx, data_dir=LAYOUT.data, channels=CHANNELS, opset=export["opset"],
-                verify_count=export["verify_images"], tolerance=export["tolerance"], test_data_dir=LAYOUT.test_data)
+                pth=LAYOUT.pth, out_onnx=LAYOUT.onnx, data_dir=LAYOUT.data, channels=CHANNELS,
+                test_data_dir=LAYOUT.test_data, **configuration.stage_settings(CONFIG, "export"))
 
 
 def task_profile():
     """profile.yml: float ranges of every tensor over the calibration images (Glow's format)."""
     return step("int8.quantize:profile_stage", cached=True, inputs=[LAYOUT.onnx, LAYOUT.classes, LAYOUT.image_folders],
                 outputs=[LAYOUT.profile], backend=BACKEND, onnx_path=LAYOUT.onnx, data_dir=LAYOUT.data,
-                out_path=LAYOUT.profile, per_class=QUANT["calibration_per_class"])
+                out_path=LAYOUT.profile, **configuration.stage_settings(CONFIG, "profile"))
 
 
 def task_tune():
@@ -129,9 +128,7 @@ def task_tune():
     return step("int8.quantize:tune_stage", cached=True,
                 inputs=[LAYOUT.onnx, LAYOUT.profile, LAYOUT.classes, LAYOUT.image_folders], outputs=LAYOUT.tuning,
                 backend=BACKEND, onnx_path=LAYOUT.onnx, profile_path=LAYOUT.profile, data_dir=LAYOUT.data,
-                out_path=LAYOUT.tuned, target_accuracy=QUANT["target_accuracy"],
-                max_iterations=QUANT["max_iterations"], accuracy_drop=QUANT["accuracy_drop"],
-                check_held_out=QUANT["check_tuning"])
+                out_path=LAYOUT.tuned, **configuration.stage_settings(CONFIG, "tune"))
 
 
 def task_accuracy():
@@ -140,7 +137,7 @@ def task_accuracy():
                                                         *LAYOUT.split("test")],
                 outputs=[LAYOUT.accuracy], onnx_path=LAYOUT.onnx,
                 profiles={"untuned": LAYOUT.profile, "tuned": LAYOUT.tuned}, data_dir=LAYOUT.data,
-                out_path=LAYOUT.accuracy, network=NAME, eval_images=QUANT["eval_images"])
+                out_path=LAYOUT.accuracy, network=NAME, **configuration.stage_settings(CONFIG, "accuracy"))
 
 
 def task_bundle():

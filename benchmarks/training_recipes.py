@@ -78,17 +78,14 @@ def teacher_run(data: Path, out: Path, threads: int) -> dict:
 def deployed_accuracy(pth: Path, data: Path) -> dict:
     """The pipeline's chain from .pth to the deployed int8 bundle, with pipeline.toml's settings: float (ONNX
     Runtime) and int8 (the bundle's C, tuned profile as deployed) test accuracy."""
-    folder, exporting, quant = pth.parent, CONFIG["export"], CONFIG["quantization"]
+    folder = pth.parent
     onnx_path, profile, tuned = folder / "cifar.onnx", folder / "profile.yml", folder / "profile_tuned.yml"
-    export.export(pth, onnx_path, data_dir=data, channels=CONFIG["model"]["channels"], opset=exporting["opset"],
-                  verify_count=exporting["verify_images"], tolerance=exporting["tolerance"],
-                  test_data_dir=folder / "test_data_set_0")
-    quantize.profile_stage("builtin", onnx_path, data, profile, quant["calibration_per_class"])
-    quantize.tune_stage("builtin", onnx_path, profile, data, tuned, target_accuracy=quant["target_accuracy"],
-                        max_iterations=quant["max_iterations"], accuracy_drop=quant["accuracy_drop"],
-                        check_held_out=quant["check_tuning"])
+    export.export(pth, onnx_path, data_dir=data, channels=CONFIG["model"]["channels"],
+                  test_data_dir=folder / "test_data_set_0", **config.stage_settings(CONFIG, "export"))
+    quantize.profile_stage("builtin", onnx_path, data, profile, **config.stage_settings(CONFIG, "profile"))
+    quantize.tune_stage("builtin", onnx_path, profile, data, tuned, **config.stage_settings(CONFIG, "tune"))
     result = quantize.accuracy_stage(onnx_path, {"deployed": tuned}, data, folder / "accuracy.json", "cifar",
-                                     eval_images=quant["eval_images"])
+                                     **config.stage_settings(CONFIG, "accuracy"))
     return {"float": result["float_accuracy"], "int8": result["int8_deployed_accuracy"]}
 
 

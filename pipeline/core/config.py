@@ -276,3 +276,19 @@ def subset(cfg: dict, *dotted: str) -> dict:
         section, _, key = name.partition(".")
         out[name] = cfg[section] if not key else cfg[section][key]
     return out
+
+
+# Stage argument <- config key, for the stages from .pth to the deployed int8 model; the build graph (dodo.py) and
+# benchmarks/training_recipes.py both call the stages with these.
+STAGE_SETTINGS = {
+    "export": {"opset": "export.opset", "verify_count": "export.verify_images", "tolerance": "export.tolerance"},
+    "profile": {"per_class": "quantization.calibration_per_class"},
+    "tune": {"target_accuracy": "quantization.target_accuracy", "max_iterations": "quantization.max_iterations",
+             "accuracy_drop": "quantization.accuracy_drop", "check_held_out": "quantization.check_tuning"},
+    "accuracy": {"eval_images": "quantization.eval_images"},
+}
+
+
+def stage_settings(cfg: dict, stage: str) -> dict:
+    """The keyword arguments `stage` (a STAGE_SETTINGS key) takes from the config."""
+    return {argument: subset(cfg, key)[key] for argument, key in STAGE_SETTINGS[stage].items()}
