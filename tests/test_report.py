@@ -133,6 +133,7 @@ def test_recipe_in_words_follows_the_preset():
     note = report.recipe_words({"recipe": {**recipe, **TRAINING_PRESETS["an13331"]}, "train_images": 48_500,
                                 "test_accuracy": 0.76, "test_images": 10_000})
     assert "no augmentation" in note and "flips" not in note
+    assert "PyTorch's initialisation" in note and "whitening" not in note
 
 
 def test_bad_json_and_unknown_evaluations_are_named(tmp_path):
